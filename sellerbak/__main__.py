@@ -1,0 +1,3 @@
+from sellerbak.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""Source registry: builds the exporter a config's `sources:` entry asks for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sellerbak.backup.exporters.base import Source
+from sellerbak.config import Config, SourceConfig, option
+from sellerbak.errors import ConfigError
+
+DEMO_KEYS = {"seed", "orders", "night"}
+FILES_KEYS = {"path"}
+
+
+def build_source(config: Config, src: SourceConfig) -> Source:
+    path = config.path
+    if src.type == "demo":
+        _only(src, DEMO_KEYS, path)
+        from sellerbak.backup.exporters.demo import DemoSource
+
+        seed = option(src, "seed", int, 1, path)
+        orders = option(src, "orders", int, 2000, path)
+        if orders < 1 or orders > 50_000_000:
+            raise ConfigError(f"{path}: {src.key}.orders: must be between 1 and 50000000")
+        night = src.options.get("night")
+        if night is None:
+            night = demo_night(config, src.name)
+        elif isinstance(night, bool) or not isinstance(night, int) or night < 0:
+            raise ConfigError(f"{path}: {src.key}.night: must be a non-negative integer")
+        return DemoSource(src.name, seed=seed, orders=orders, night=night)
+    if src.type == "files":
+        _only(src, FILES_KEYS, path)
+        from sellerbak.backup.exporters.files import FilesSource
+
+        raw = option(src, "path", str, None, path)
+        p = Path(raw).expanduser()
+        return FilesSource(src.name, p if p.is_absolute() else src.base_dir / p)
+    raise ConfigError(f"{path}: {src.key}.type: source type {src.type!r} is not available yet")
+
+
+def _only(src: SourceConfig, allowed: set[str], path: Path) -> None:
+    for key in src.options:
+        if key not in allowed:
+            raise ConfigError(f"{path}: {src.key}.{key}: unknown key for a {src.type} source "
+                              f"(allowed: {', '.join(sorted(allowed))})")
+
+
+def _demo_state(config: Config, name: str) -> Path:
+    return config.state_dir / "demo" / f"{name}.json"
+
+
+def demo_night(config: Config, name: str) -> int:
+    """The night a demo shop has been advanced to with `sellerbak demo advance`."""
+    try:
+        return int(json.loads(_demo_state(config, name).read_text())["night"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def advance_demo(config: Config, name: str, nights: int) -> int:
+    night = demo_night(config, name) + nights
+    state = _demo_state(config, name)
+    state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = state.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"night": night}))
+    tmp.replace(state)
+    return night

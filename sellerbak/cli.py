@@ -1,0 +1,467 @@
+"""The `sellerbak` command line: parses, calls the library, maps errors to exit codes.
+
+Conventions: human messages go to stderr, results to stdout; `--json` prints exactly one JSON
+document on stdout; `-q` prints nothing but errors. Every failure is one line `error: ...` on
+stderr and the exit code of the error type (sellerbak.errors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sellerbak import __version__
+from sellerbak.errors import (
+    EXIT_INCOMPLETE,
+    EXIT_USAGE,
+    ConfigError,
+    SellerbakError,
+    UsageError,
+)
+
+app = typer.Typer(
+    name="sellerbak",
+    help="Encrypted, verified backups of your shop's products, orders, customers and finance.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+key_app = typer.Typer(help="Manage the passphrases (key files) that open the repository.",
+                      no_args_is_help=True)
+demo_app = typer.Typer(help="The built-in demo shop.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+app.add_typer(demo_app, name="demo")
+
+log = logging.getLogger("sellerbak")
+
+
+@dataclass
+class Settings:
+    config_path: str | None = None
+    json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    _config: Any = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Any:
+        if self._config is None:
+            from sellerbak.config import load_config
+
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+settings = Settings()
+
+
+def say(message: str) -> None:
+    """A human message (stderr), silenced by -q and --json."""
+    if not settings.quiet and not settings.json:
+        typer.echo(message, err=True)
+
+
+def emit_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+
+@app.callback()
+def _global(
+    config: str | None = typer.Option(None, "-c", "--config", help="Config file (default: "
+                                      "$SELLERBAK_CONFIG, ./sellerbak.yaml, "
+                                      "~/.config/sellerbak/config.yaml, "
+                                      "/etc/sellerbak/config.yaml)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only errors and results."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Log debug details to stderr."),
+    version: bool = typer.Option(False, "--version", help="Show the version and exit."),
+) -> None:
+    if version:
+        typer.echo(f"sellerbak {__version__}")
+        raise typer.Exit(0)
+    settings.config_path = config
+    settings.json = json_out
+    settings.quiet = quiet
+    settings.verbose = verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ----- helpers ------------------------------------------------------------------------------
+
+
+def _store() -> Any:
+    from sellerbak.storage.open import open_store
+
+    rc = settings.config.repository
+    return open_store(rc.url, endpoint_url=rc.endpoint_url, region=rc.region,
+                      storage_class=rc.storage_class)
+
+
+def _passphrase(confirm: bool = False) -> str:
+    from sellerbak.credentials import passphrase_from_environment
+
+    return passphrase_from_environment(settings.config.passphrase, confirm=confirm)
+
+
+def _open_repo() -> Any:
+    from sellerbak.repository.repo import Repository
+
+    return Repository.open(_store(), _passphrase)
+
+
+def _kdf_params() -> Any:
+    from sellerbak.crypto.kdf import new_params
+
+    kdf = settings.config.repository.kdf
+    try:
+        return new_params(os.urandom(32), kdf.get("m_kib"), kdf.get("t"), kdf.get("p"))
+    except ValueError as exc:
+        raise ConfigError(f"{settings.config.path}: repository.kdf: {exc}") from None
+
+
+def _new_passphrase(file: Path | None) -> str:
+    """The passphrase for a new key: --new-passphrase-file, SELLERBAK_NEW_PASSPHRASE, or a
+    prompt (asked twice)."""
+    if file is not None:
+        try:
+            secret = file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc.strerror}") from None
+    elif os.environ.get("SELLERBAK_NEW_PASSPHRASE"):
+        secret = os.environ["SELLERBAK_NEW_PASSPHRASE"]
+    elif sys.stdin.isatty():
+        import getpass
+
+        secret = getpass.getpass("new passphrase: ")
+        if getpass.getpass("repeat new passphrase: ") != secret:
+            raise UsageError("passphrases do not match")
+    else:
+        raise UsageError("no new passphrase: use --new-passphrase-file or "
+                         "SELLERBAK_NEW_PASSPHRASE")
+    if not secret:
+        raise UsageError("an empty passphrase is not allowed")
+    return secret
+
+
+def _human_size(n: int) -> str:
+    from sellerbak.records import human_bytes
+
+    return human_bytes(n)
+
+
+# ----- commands -----------------------------------------------------------------------------
+
+
+@app.command()
+def init() -> None:
+    """Create the repository and its first key."""
+    from sellerbak.repository.repo import Repository
+
+    store = _store()
+    if hasattr(store, "ensure_bucket"):
+        store.ensure_bucket()
+    kdf = _kdf_params()
+    secret = _passphrase(confirm=True)
+    if not secret:
+        raise UsageError("an empty passphrase is not allowed")
+    repo = Repository.init(store, secret, kdf)
+    if settings.json:
+        emit_json({"repository_id": repo.repo_id.hex(), "location": store.location,
+                   "key_id": repo.key_id})
+    else:
+        say(f"created repository {repo.repo_id.hex()[:8]} at {store.location}")
+        say("keep the passphrase safe: without it the backups cannot be read")
+
+
+@app.command()
+def snapshot(
+    source: list[str] = typer.Option(None, "--source", "-s", help="Only this source "
+                                     "(repeatable; default: all)."),
+    tag: list[str] = typer.Option(None, "--tag", "-t", help="Tag the snapshot (repeatable)."),
+    full: bool = typer.Option(False, "--full", help="Re-read everything, not just changes."),
+    at: str | None = typer.Option(None, "--time", help="Record this time (ISO 8601) "
+                                  "instead of now."),
+) -> None:
+    """Export every source and store one snapshot per source; prints the snapshot ids."""
+    from sellerbak.backup.exporters import build_source
+    from sellerbak.backup.snapshot import SnapshotRun
+    from sellerbak.progress import make_progress
+    from sellerbak.repository.locks import RepositoryLock
+
+    config = settings.config
+    chosen = [config.source(n) for n in source] if source else config.sources
+    if not chosen:
+        raise ConfigError(f"{config.path}: sources: no source configured")
+    when = _parse_time(at) if at else None
+    sources = [build_source(config, s) for s in chosen]
+    repo = _open_repo()
+    results = []
+    with RepositoryLock(repo, exclusive=False), make_progress(settings) as progress:
+        run = SnapshotRun(repo, progress)
+        for src in sources:
+            result = run.run(src, tags=list(tag or []), full=full, at=when)
+            results.append(result)
+            m = result.manifest
+            if not settings.json:
+                typer.echo(m.id.hex()[:8] if settings.quiet else m.id.hex())
+            say(f"snapshot {m.short_id} of {m.source}: {m.records} records in "
+                f"{len(m.datasets)} datasets, {_human_size(m.bytes)}; added "
+                f"{_human_size(result.stats.bytes_stored)} in {result.seconds:.1f}s"
+                + (f"; INCOMPLETE: {', '.join(result.incomplete)}" if result.incomplete
+                   else ""))
+    if settings.json:
+        emit_json({"snapshots": [{
+            "id": r.manifest.id.hex(), "source": r.manifest.source, "time": r.manifest.time,
+            "records": r.manifest.records, "bytes": r.manifest.bytes,
+            "bytes_added": r.stats.bytes_stored, "seconds": round(r.seconds, 3),
+            "complete": not r.incomplete, "incomplete_datasets": r.incomplete,
+            "datasets": {n: {"records": d.records, "sha256": d.sha256}
+                         for n, d in r.manifest.datasets.items()},
+        } for r in results]})
+    if any(r.incomplete for r in results):
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _parse_time(value: str) -> str:
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--time {value!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@app.command()
+def snapshots(
+    source: str | None = typer.Option(None, "--source", "-s", help="Only this source."),
+) -> None:
+    """List snapshots (id, time, source, tags, records, size)."""
+    from sellerbak.repository.manifest import load_manifests
+
+    repo = _open_repo()
+    manifests = [m for m in load_manifests(repo) if source is None or m.source == source]
+    if settings.json:
+        emit_json([{"id": m.id.hex(), "short_id": m.short_id, "time": m.time,
+                    "source": m.source, "source_type": m.source_type, "hostname": m.hostname,
+                    "tags": m.tags, "records": m.records, "bytes": m.bytes,
+                    "complete": m.complete, "parent": m.parent,
+                    "datasets": {n: d.records for n, d in m.datasets.items()}}
+                   for m in manifests])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("id", "time", "source", "tags", "records", "size", ""):
+        table.add_column(col, justify="right" if col in ("records", "size") else "left")
+    for m in manifests:
+        table.add_row(m.short_id, m.datetime.strftime("%Y-%m-%d %H:%M:%S"), m.source,
+                      ",".join(m.tags), str(m.records), _human_size(m.bytes),
+                      "" if m.complete else "incomplete")
+    Console(soft_wrap=True).print(table)
+    say(f"{len(manifests)} snapshots")
+
+
+@app.command()
+def restore(
+    snapshot_ref: str = typer.Argument(..., metavar="SNAPSHOT|latest"),
+    target: Path = typer.Option(..., "--target", help="Directory to write the datasets into."),
+    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only this dataset "
+                                      "(repeatable)."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
+    source: str | None = typer.Option(None, "--source", "-s", help="With 'latest': the "
+                                      "latest snapshot of this source."),
+) -> None:
+    """Restore a snapshot's datasets into TARGET, verified against the manifest."""
+    from sellerbak.repository.manifest import resolve_snapshot
+    from sellerbak.restore.restore import FORMATS, restore_snapshot
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    repo = _open_repo()
+    manifest = resolve_snapshot(repo, snapshot_ref, source)
+    restored = restore_snapshot(repo, manifest, target, list(dataset or []), fmt)
+    if settings.json:
+        emit_json({"snapshot": manifest.id.hex(), "target": str(target.resolve()),
+                   "datasets": [{"name": r.name, "path": str(r.path.resolve()),
+                                 "records": r.records, "sha256": r.sha256} for r in restored]})
+        return
+    for r in restored:
+        typer.echo(str(r.path))
+    say(f"restored {len(restored)} datasets of snapshot {manifest.short_id} "
+        f"({manifest.source}, {manifest.time}) into {target.resolve()}, verified")
+
+
+@app.command()
+def check(
+    read_data: bool = typer.Option(False, "--read-data", help="Download, decrypt and verify "
+                                   "every stored chunk."),
+) -> None:
+    """Check the repository's structure; with --read-data, every byte of data."""
+    from sellerbak.repository.check import check_repository
+
+    repo = _open_repo()
+    report = check_repository(repo, read_data=read_data)
+    if settings.json:
+        emit_json({"ok": report.ok, "snapshots": report.snapshots, "packs": report.packs,
+                   "chunks": report.chunks_referenced, "bytes_read": report.bytes_read,
+                   "unreferenced_packs": report.unreferenced_packs, "errors": report.errors})
+    else:
+        for problem in report.errors:
+            typer.echo(f"error: {problem}", err=True)
+        say(f"checked {report.snapshots} snapshots, {report.chunks_referenced} chunks in "
+            f"{report.packs} packs" + (f", read {_human_size(report.bytes_read)}"
+                                        if read_data else "")
+            + (": no errors" if report.ok else f": {len(report.errors)} errors"))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def unlock(
+    remove_all: bool = typer.Option(False, "--remove-all", help="Remove every lock, "
+                                    "not only stale ones."),
+) -> None:
+    """Remove stale locks (holder gone or not refreshed for 30 minutes)."""
+    from sellerbak.repository.locks import remove_locks
+
+    removed = remove_locks(_open_repo(), remove_all)
+    if settings.json:
+        emit_json({"removed": removed})
+    else:
+        say(f"removed {removed} lock(s)")
+
+
+# ----- keys ---------------------------------------------------------------------------------
+
+
+@key_app.command("list")
+def key_list() -> None:
+    """List key files: id, created, host; * marks the one that opened the repository."""
+    repo = _open_repo()
+    keys = repo.list_keys()
+    if settings.json:
+        emit_json([{"key_id": k.key_id, "created": k.created, "hostname": k.hostname,
+                    "kdf": k.kdf.alg, "current": k.key_id == repo.key_id} for k in keys])
+        return
+    for k in keys:
+        mark = "*" if k.key_id == repo.key_id else " "
+        typer.echo(f"{mark} {k.key_id}  {k.created}  {k.hostname}  {k.kdf.alg}")
+
+
+@key_app.command("add")
+def key_add(
+    new_passphrase_file: Path | None = typer.Option(None, "--new-passphrase-file"),
+) -> None:
+    """Add a passphrase that opens the repository."""
+    repo = _open_repo()
+    secret = _new_passphrase(new_passphrase_file)
+    kf = repo.add_key(secret, _kdf_params())
+    if settings.json:
+        emit_json({"key_id": kf.key_id})
+    else:
+        typer.echo(kf.key_id)
+        say(f"added key {kf.key_id}")
+
+
+@key_app.command("remove")
+def key_remove(key_id: str = typer.Argument(..., help="Id of the key file to remove.")) -> None:
+    """Remove a passphrase (not the one in use, never the last)."""
+    repo = _open_repo()
+    keys = repo.list_keys()
+    matches = [k for k in keys if k.key_id.startswith(key_id.lower())] if key_id else []
+    if len(matches) != 1:
+        raise UsageError(f"no single key matches {key_id!r}; see 'sellerbak key list'")
+    if matches[0].key_id == repo.key_id:
+        raise UsageError("refusing to remove the key in use; open the repository with another "
+                         "passphrase to remove this one, or use 'key passwd'")
+    repo.remove_key(matches[0].key_id)
+    if settings.json:
+        emit_json({"removed": matches[0].key_id})
+    else:
+        say(f"removed key {matches[0].key_id}")
+
+
+@key_app.command("passwd")
+def key_passwd(
+    new_passphrase_file: Path | None = typer.Option(None, "--new-passphrase-file"),
+) -> None:
+    """Change the passphrase in use: adds a key with the new one, then removes the old key."""
+    repo = _open_repo()
+    secret = _new_passphrase(new_passphrase_file)
+    kf = repo.add_key(secret, _kdf_params())
+    repo.remove_key(repo.key_id)
+    if settings.json:
+        emit_json({"key_id": kf.key_id, "removed": repo.key_id})
+    else:
+        say(f"passphrase changed: key {repo.key_id} replaced by {kf.key_id}")
+
+
+# ----- demo ---------------------------------------------------------------------------------
+
+
+@demo_app.command("advance")
+def demo_advance(
+    source: str | None = typer.Option(None, "--source", "-s", help="Demo source to advance "
+                                      "(default: every demo source)."),
+    nights: int = typer.Option(1, "--nights", "-n", min=1, help="Nights of churn to add."),
+) -> None:
+    """Advance the demo shop by nights of orders, status changes and price changes."""
+    from sellerbak.backup.exporters import advance_demo
+
+    config = settings.config
+    chosen = [config.source(source)] if source else [s for s in config.sources
+                                                     if s.type == "demo"]
+    if not chosen or any(s.type != "demo" for s in chosen):
+        raise UsageError("no demo source to advance")
+    out = {s.name: advance_demo(config, s.name, nights) for s in chosen}
+    if settings.json:
+        emit_json({"nights": out})
+    else:
+        for name, night in out.items():
+            say(f"demo shop {name} is now at night {night}")
+
+
+# ----- entry point --------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every failure ends as one line on stderr and a meaningful exit code."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        typer.echo("error: interrupted", err=True)
+        code = 130
+    except typer.TyperException as exc:  # bad usage: unknown option, missing argument, ...
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        code = EXIT_USAGE
+    except SellerbakError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if settings.verbose:
+            log.exception("internal error")
+        typer.echo(f"error: internal error ({type(exc).__name__}); run with -v for details",
+                   err=True)
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,153 @@
+"""Passphrase -> key-encryption key, with parameters that are checked before any work is done.
+
+Key files are read from storage that may be hostile, so the parameters in them are bounded
+(`check_bounds`) before the KDF runs: a key file asking for 1 TiB of Argon2 memory is refused,
+not attempted. New keys must also meet the OWASP floor (`check_floor`).
+"""
+
+from __future__ import annotations
+
+import base64
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from sellerbak.errors import FormatError
+
+KEY_LEN = 32
+
+# Caps applied when reading a key file (crypto-design.md section 3.5).
+MAX_ARGON2_M_KIB = 4 * 1024 * 1024  # 4 GiB
+MAX_ARGON2_T = 16
+MAX_LANES = 16
+MAX_SCRYPT_LOG_N = 22
+MAX_SCRYPT_R = 32
+MIN_SALT, MAX_SALT = 16, 64
+
+# Defaults for new keys: Argon2id 256 MiB, t=3, p=4 (about 0.4 s on two cores).
+DEFAULT_ARGON2 = {"m_kib": 262144, "t": 3, "p": 4}
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """The KDF algorithm and its parameters, as stored in a key file's `kdf` object."""
+
+    alg: str
+    salt: bytes
+    m_kib: int = 0
+    t: int = 0
+    p: int = 0
+    log_n: int = 0
+    r: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        salt = base64.b64encode(self.salt).decode()
+        if self.alg == "argon2id":
+            return {"alg": "argon2id", "version": 19, "m_kib": self.m_kib, "t": self.t,
+                    "p": self.p, "salt": salt}
+        return {"alg": "scrypt", "log_n": self.log_n, "r": self.r, "p": self.p, "salt": salt}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> KdfParams:
+        """Parse and bound-check untrusted parameters; raises FormatError, never runs the KDF."""
+        if not isinstance(obj, dict):
+            raise FormatError("key file: kdf is not an object")
+        alg = obj.get("alg")
+        try:
+            salt = base64.b64decode(_str(obj, "salt"), validate=True)
+        except ValueError:
+            raise FormatError("key file: kdf.salt is not base64") from None
+        if alg == "argon2id":
+            if obj.get("version") != 19:
+                raise FormatError("key file: unsupported argon2id version")
+            params = cls("argon2id", salt, m_kib=_int(obj, "m_kib"), t=_int(obj, "t"),
+                         p=_int(obj, "p"))
+        elif alg == "scrypt":
+            params = cls("scrypt", salt, log_n=_int(obj, "log_n"), r=_int(obj, "r"),
+                         p=_int(obj, "p"))
+        else:
+            raise FormatError(f"key file: unknown kdf algorithm {str(alg)[:20]!r}")
+        params.check_bounds()
+        return params
+
+    def check_bounds(self) -> None:
+        """Refuse parameters that would exhaust memory or CPU, or are malformed."""
+        if not MIN_SALT <= len(self.salt) <= MAX_SALT:
+            raise FormatError("key file: kdf salt must be 16 to 64 bytes")
+        if self.alg == "argon2id":
+            if not (1 <= self.p <= MAX_LANES and 1 <= self.t <= MAX_ARGON2_T
+                    and 8 * self.p <= self.m_kib <= MAX_ARGON2_M_KIB):
+                raise FormatError(
+                    "key file: argon2id parameters out of bounds "
+                    f"(m_kib<= {MAX_ARGON2_M_KIB}, t<= {MAX_ARGON2_T}, p<= {MAX_LANES})")
+        elif self.alg == "scrypt":
+            if not (1 <= self.log_n <= MAX_SCRYPT_LOG_N and 1 <= self.r <= MAX_SCRYPT_R
+                    and 1 <= self.p <= MAX_LANES):
+                raise FormatError(
+                    f"key file: scrypt parameters out of bounds (log_n<= {MAX_SCRYPT_LOG_N})")
+        else:
+            raise FormatError("key file: unknown kdf algorithm")
+
+    def check_floor(self) -> None:
+        """New keys must be at least as hard as OWASP's minimum for interactive logins."""
+        if self.alg == "argon2id":
+            ok = (self.m_kib >= 19456 and self.t >= 2) or (self.m_kib >= 47104 and self.t >= 1)
+        else:
+            ok = self.log_n >= 17
+        if not ok:
+            raise ValueError("KDF parameters below the OWASP floor "
+                             "(argon2id m_kib>=19456 with t>=2, or scrypt log_n>=17)")
+
+    def derive(self, passphrase: str) -> bytes:
+        self.check_bounds()
+        secret = normalize_passphrase(passphrase)
+        if self.alg == "argon2id":
+            return Argon2id(salt=self.salt, length=KEY_LEN, iterations=self.t, lanes=self.p,
+                            memory_cost=self.m_kib).derive(secret)
+        return Scrypt(salt=self.salt, length=KEY_LEN, n=1 << self.log_n, r=self.r,
+                      p=self.p).derive(secret)
+
+
+def normalize_passphrase(passphrase: str) -> bytes:
+    """UTF-8 of the NFC form, so a passphrase typed on any OS gives the same bytes."""
+    return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+
+
+def argon2id_available() -> bool:
+    try:
+        Argon2id(salt=b"\0" * 16, length=32, iterations=1, lanes=1, memory_cost=8)
+    except UnsupportedAlgorithm:
+        return False
+    return True
+
+
+def new_params(salt: bytes, m_kib: int | None = None, t: int | None = None,
+               p: int | None = None) -> KdfParams:
+    """Parameters for a new key: Argon2id (defaults above), or scrypt log_n=18 where the
+    OpenSSL build lacks Argon2id."""
+    if argon2id_available():
+        params = KdfParams("argon2id", salt, m_kib=m_kib or DEFAULT_ARGON2["m_kib"],
+                           t=t or DEFAULT_ARGON2["t"], p=p or DEFAULT_ARGON2["p"])
+    else:
+        params = KdfParams("scrypt", salt, log_n=18, r=8, p=1)
+    params.check_bounds()
+    params.check_floor()
+    return params
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FormatError(f"key file: kdf.{key} is not an integer")
+    return value
+
+
+def _str(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise FormatError(f"key file: kdf.{key} is not a string")
+    return value
