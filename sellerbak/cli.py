@@ -53,9 +53,12 @@ class Settings:
     @property
     def config(self) -> Any:
         if self._config is None:
+            from sellerbak.backup.exporters import validate_sources
             from sellerbak.config import load_config
 
-            self._config = load_config(self.config_path)
+            config = load_config(self.config_path)
+            validate_sources(config)
+            self._config = config
         return self._config
 
 
@@ -87,6 +90,7 @@ def _global(
         typer.echo(f"sellerbak {__version__}")
         raise typer.Exit(0)
     settings.config_path = config
+    settings._config = None
     settings.json = json_out
     settings.quiet = quiet
     settings.verbose = verbose

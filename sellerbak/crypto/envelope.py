@@ -57,9 +57,16 @@ def open_sealed(key: bytes, repo_id: bytes, kind: Kind, epoch: int, object_id: b
     """Decrypt and authenticate; nothing is returned unless the whole message verified."""
     if read_epoch(data, what) != epoch:
         raise IntegrityError(f"{what} names a different key epoch than expected")
-    dec = Cobblestone256Decryptor(key, context(repo_id, kind, epoch, object_id))
+    return open_message(key, context(repo_id, kind, epoch, object_id),
+                        memoryview(data)[HEADER_LEN:], what)
+
+
+def open_message(key: bytes, ctx: bytes, message: bytes | memoryview, what: str) -> bytes:
+    """Decrypt one whole Cobblestone-256 message. The plaintext is only returned after
+    `finalize()` succeeded, so a truncated message never yields a partial prefix."""
     try:
-        body = dec.update(memoryview(data)[HEADER_LEN:])
+        dec = Cobblestone256Decryptor(key, ctx)
+        body = dec.update(message)
         return body + dec.finalize()
     except InvalidTag:
         raise IntegrityError(

@@ -71,6 +71,23 @@ def check_repository(repo: Repository, read_data: bool = False,
     return report
 
 
+def verify_packs_present(repo: Repository, index: Index, chunk_ids: set[bytes]) -> None:
+    """Before a restore writes anything: every pack it needs exists with its indexed size.
+
+    One listing catches missing, truncated and replaced packs up front, so a restore fails in
+    seconds with the reason instead of part-way through."""
+    from sellerbak.errors import IntegrityError
+
+    stored = {pid: info.size for info in repo.store.list("data/")
+              if (pid := parse_hex_id(info.name, "data/")) is not None}
+    for pid in sorted({index.locate(c).pack_id for c in chunk_ids}):
+        if pid not in stored:
+            raise IntegrityError(f"{pack_name(pid)} is missing from the repository")
+        if stored[pid] != index.packs[pid].size:
+            raise IntegrityError(f"{pack_name(pid)} has size {stored[pid]}, the index says "
+                                 f"{index.packs[pid].size} (truncated or replaced)")
+
+
 def _read_all(repo: Repository, index: Index, packs: list[PackRecord], report: CheckReport,
               on_pack: Callable[[int], None] | None) -> None:
     reader = ChunkReader(repo, index)

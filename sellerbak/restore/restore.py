@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sellerbak.errors import IntegrityError, SellerbakError, UsageError
+from sellerbak.repository.check import verify_packs_present
 from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import DatasetEntry, Manifest
 from sellerbak.repository.packs import ChunkReader
@@ -57,6 +58,8 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
                              f"(it has: {', '.join(names)})")
         names = [n for n in names if n in datasets]
     index = index or Index.load(repo)
+    verify_packs_present(repo, index, {ref.chunk_id for name in names
+                                       for ref in manifest.datasets[name].chunks})
     reader = ChunkReader(repo, index)
     out = []
     for name in names:

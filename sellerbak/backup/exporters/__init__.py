@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from sellerbak.backup.exporters.base import Source
 from sellerbak.config import Config, SourceConfig, option
@@ -13,30 +14,43 @@ DEMO_KEYS = {"seed", "orders", "night"}
 FILES_KEYS = {"path"}
 
 
-def build_source(config: Config, src: SourceConfig) -> Source:
+def validate_sources(config: Config) -> None:
+    """Check every source's options when the config is loaded, so a typo is reported by any
+    command, not first by the nightly snapshot."""
+    for src in config.sources:
+        _options(config, src)
+
+
+def _options(config: Config, src: SourceConfig) -> dict[str, Any]:
     path = config.path
     if src.type == "demo":
         _only(src, DEMO_KEYS, path)
-        from sellerbak.backup.exporters.demo import DemoSource
-
-        seed = option(src, "seed", int, 1, path)
         orders = option(src, "orders", int, 2000, path)
         if orders < 1 or orders > 50_000_000:
             raise ConfigError(f"{path}: {src.key}.orders: must be between 1 and 50000000")
         night = src.options.get("night")
-        if night is None:
-            night = demo_night(config, src.name)
-        elif isinstance(night, bool) or not isinstance(night, int) or night < 0:
+        if night is not None and (isinstance(night, bool) or not isinstance(night, int)
+                                  or night < 0):
             raise ConfigError(f"{path}: {src.key}.night: must be a non-negative integer")
-        return DemoSource(src.name, seed=seed, orders=orders, night=night)
+        return {"seed": option(src, "seed", int, 1, path), "orders": orders, "night": night}
     if src.type == "files":
         _only(src, FILES_KEYS, path)
-        from sellerbak.backup.exporters.files import FilesSource
-
         raw = option(src, "path", str, None, path)
         p = Path(raw).expanduser()
-        return FilesSource(src.name, p if p.is_absolute() else src.base_dir / p)
+        return {"path": p if p.is_absolute() else src.base_dir / p}
     raise ConfigError(f"{path}: {src.key}.type: source type {src.type!r} is not available yet")
+
+
+def build_source(config: Config, src: SourceConfig) -> Source:
+    opts = _options(config, src)
+    if src.type == "demo":
+        from sellerbak.backup.exporters.demo import DemoSource
+
+        night = opts["night"] if opts["night"] is not None else demo_night(config, src.name)
+        return DemoSource(src.name, seed=opts["seed"], orders=opts["orders"], night=night)
+    from sellerbak.backup.exporters.files import FilesSource
+
+    return FilesSource(src.name, opts["path"])
 
 
 def _only(src: SourceConfig, allowed: set[str], path: Path) -> None:
