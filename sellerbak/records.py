@@ -1,8 +1,12 @@
 """Canonical record encoding and sorted, bounded-memory record streams.
 
 Canonical form of a record (docs/FORMAT.md): UTF-8 JSON with sorted keys, no insignificant
-spaces, non-ASCII characters as themselves, one record per line ending in "\\n". A dataset is its
-records' lines sorted by `str(id)` (code-point order, which is also UTF-8 byte order), ids unique.
+spaces, non-ASCII characters as themselves, one record per line ending in "\\n", as orjson writes
+it with OPT_SORT_KEYS (numbers in their shortest round-trip form). Records orjson cannot encode
+(integers beyond 64 bits, lone surrogates) fall back to the standard library's encoder with the
+same settings. A dataset is its records' lines sorted by `str(id)` (code-point order, which is
+also UTF-8 byte order), ids unique. orjson is used because encoding and parsing every record is
+the hot loop of a snapshot: it is two to three times faster than the standard library.
 
 Sources may yield records in any order, so `sort_records` does an external merge sort: runs of
 at most `run_bytes` are sorted in memory and spilled to temporary files, then merged. Memory stays
@@ -20,6 +24,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
+import orjson
+
 from sellerbak.errors import SourceError
 
 #: a record as it travels through the engine: (sort key, canonical line with trailing newline)
@@ -33,8 +39,15 @@ def _reject_constant(value: str) -> Any:
     raise ValueError(f"{value} is not valid JSON")
 
 
+_ORJSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
+
+
 def canonical_line(record: dict[str, Any]) -> bytes:
     """The canonical bytes of one record, newline included."""
+    try:
+        return orjson.dumps(record, option=_ORJSON_OPTS)
+    except orjson.JSONEncodeError:
+        pass
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8") + b"\n"
 
@@ -51,8 +64,17 @@ def record_key(record: Any, dataset: str) -> str:
     raise SourceError(f"dataset {dataset}: a record has no usable 'id' (string or integer)")
 
 
+def parse_json(data: bytes | str) -> Any:
+    """Parse one JSON document; NaN and Infinity are refused (they are not JSON)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # orjson refuses integers beyond 64 bits, which are valid JSON: let the stdlib decide
+        return json.loads(data, parse_constant=_reject_constant)
+
+
 def parse_line(line: bytes) -> dict[str, Any]:
-    return json.loads(line, parse_constant=_reject_constant)
+    return parse_json(line)
 
 
 def encode_records(records: Iterable[dict[str, Any]], dataset: str) -> Iterator[Line]:
@@ -63,6 +85,23 @@ def encode_records(records: Iterable[dict[str, Any]], dataset: str) -> Iterator[
             raise SourceError(f"dataset {dataset}: a record is not valid JSON data ({exc})") \
                 from None
         yield record_key(record, dataset), line
+
+
+class OutOfOrderError(SourceError):
+    """Records arrived out of id order where the source promised sorted output."""
+
+
+def require_sorted(lines: Iterable[Line], dataset: str) -> Iterator[Line]:
+    """Pass already-sorted records straight through (no buffering); raise at the first record
+    out of order or repeated."""
+    prev: str | None = None
+    for key, line in lines:
+        if prev is not None and key <= prev:
+            if key == prev:
+                raise SourceError(f"dataset {dataset}: duplicate record id {_safe_id(key)}")
+            raise OutOfOrderError(f"dataset {dataset}: records are not sorted by id")
+        prev = key
+        yield key, line
 
 
 def sort_records(lines: Iterable[Line], dataset: str, tmpdir: str | None = None,

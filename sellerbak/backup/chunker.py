@@ -28,7 +28,7 @@ class Chunk:
 
 class Chunker:
     def __init__(self, key: bytes, target: int, maximum: int) -> None:
-        self._key = key[:64]
+        self._hash = hashlib.blake2b(key=key[:64], digest_size=8)
         self._scale = (1 << 64) // target
         self._max = maximum
         self._lines: list[bytes] = []
@@ -41,8 +41,9 @@ class Chunker:
         return not self._lines
 
     def is_boundary(self, key: str, line_len: int) -> bool:
-        h = hashlib.blake2b(key.encode("utf-8"), key=self._key, digest_size=8).digest()
-        return int.from_bytes(h, "big") < line_len * self._scale
+        h = self._hash.copy()  # cheaper than keying a new hash per record
+        h.update(key.encode("utf-8"))
+        return int.from_bytes(h.digest(), "big") < line_len * self._scale
 
     def feed(self, key: str, line: bytes) -> Chunk | None:
         """Add one record; returns the finished chunk when this record ends one."""

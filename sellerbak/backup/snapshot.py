@@ -24,10 +24,12 @@ from sellerbak.backup.exporters.base import DatasetExport, Source
 from sellerbak.errors import SourceError
 from sellerbak.records import (
     Line,
+    OutOfOrderError,
     encode_records,
     merge_changes,
     parse_line,
     record_key,
+    require_sorted,
     sort_records,
 )
 from sellerbak.repository.index import Index
@@ -171,8 +173,25 @@ class SnapshotRun:
     def _dataset(self, export: DatasetExport, prev: Manifest | None,
                  writer: PackWriter) -> DatasetEntry:
         builder = _DatasetBuilder(self.repo, writer, self.progress)
-        lines = sort_records(encode_records(export.records, export.name), export.name,
+        encoded = encode_records(export.records, export.name)
+        if export.sorted or export.reopen is not None:
+            lines = require_sorted(encoded, export.name)
+        else:
+            lines = sort_records(encoded, export.name, self.tmpdir)
+        try:
+            return self._build(builder, export, lines, prev)
+        except OutOfOrderError:
+            if export.reopen is None:
+                raise
+        # not sorted after all: start again from the top, sorting on the way in (what was
+        # already stored is deduplicated or left for prune)
+        builder = _DatasetBuilder(self.repo, writer, self.progress)
+        lines = sort_records(encode_records(export.reopen(), export.name), export.name,
                              self.tmpdir)
+        return self._build(builder, export, lines, prev)
+
+    def _build(self, builder: _DatasetBuilder, export: DatasetExport, lines: Iterator[Line],
+               prev: Manifest | None) -> DatasetEntry:
         if export.mode == "changes":
             base = prev.datasets.get(export.name) if prev else None
             if base is None:

@@ -175,11 +175,14 @@ class PackWriter:
 class ChunkReader:
     """Yields the plaintext of chunks in the given order, verified, with read-ahead."""
 
-    MAX_REQUEST = 8 * 1024 * 1024
+    #: a request covers at most this many bytes of *plaintext* (data compresses 5-10x, so
+    #: bounding compressed bytes alone would let decompressed read-ahead balloon)
+    MAX_REQUEST_RAW = 2 * 1024 * 1024
+    MAX_REQUEST = 4 * 1024 * 1024
     MAX_GAP = 256 * 1024
 
     def __init__(self, repo: Repository, index: Index, workers: int = 4,
-                 read_ahead: int = 8) -> None:
+                 read_ahead: int = 4) -> None:
         self.repo = repo
         self.index = index
         self.workers = workers
@@ -197,7 +200,8 @@ class ChunkReader:
                 end = max(g.offset + g.length for g in group)
                 lo, hi = min(start, e.offset), max(end, e.offset + e.length)
                 gap_ok = e.offset >= end and e.offset - end <= self.MAX_GAP
-                if gap_ok and hi - lo <= self.MAX_REQUEST:
+                raw = sum(g.raw_len for g in group) + e.raw_len
+                if gap_ok and hi - lo <= self.MAX_REQUEST and raw <= self.MAX_REQUEST_RAW:
                     group.append(e)
                     continue
             if group:

@@ -11,7 +11,7 @@ in any order; the engine sorts them by `str(id)` without holding the dataset in 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -34,6 +34,12 @@ class DatasetExport:
     problem: str | None = None
     #: extra facts kept in the manifest (e.g. CSV column order), JSON-serialisable
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the source guarantees ascending, unique ids: records stream straight through unsorted
+    sorted: bool = False
+    #: a way to read the records again from the start. With it the engine first assumes the
+    #: records are sorted (the common case for export files) and only sorts, re-reading, if
+    #: they turn out not to be; without it, unsorted input is sorted on the way in.
+    reopen: Callable[[], Iterable[Record]] | None = None
 
 
 class Source(Protocol):

@@ -10,14 +10,14 @@ Every record needs an `id`. Files are streamed, never read whole.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sellerbak.backup.exporters.base import DatasetExport, Record
 from sellerbak.errors import SourceError
-from sellerbak.records import _reject_constant
+from sellerbak.records import parse_json
 
 SUFFIXES = (".jsonl", ".csv")
 
@@ -48,9 +48,11 @@ class FilesSource:
         for name, file in self.datasets().items():
             if file.suffix.lower() == ".csv":
                 columns = _csv_header(file)
-                yield DatasetExport(name, _read_csv(file, self.path), meta={"columns": columns})
+                yield DatasetExport(name, _read_csv(file, self.path), meta={"columns": columns},
+                                    reopen=partial(_read_csv, file, self.path))
             else:
-                yield DatasetExport(name, _read_jsonl(file, self.path))
+                yield DatasetExport(name, _read_jsonl(file, self.path),
+                                    reopen=partial(_read_jsonl, file, self.path))
 
 
 def _where(file: Path, root: Path, line: int) -> str:
@@ -59,12 +61,14 @@ def _where(file: Path, root: Path, line: int) -> str:
 
 def _read_jsonl(file: Path, root: Path) -> Iterator[Record]:
     try:
-        with open(file, encoding="utf-8") as fh:
+        with open(file, "rb") as fh:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line, parse_constant=_reject_constant)
+                    record = parse_json(line)
+                except UnicodeDecodeError:
+                    raise SourceError(f"{_where(file, root, n)}: not UTF-8 text") from None
                 except ValueError:
                     raise SourceError(f"{_where(file, root, n)}: not valid JSON") from None
                 if not isinstance(record, dict):
