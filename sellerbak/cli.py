@@ -213,6 +213,9 @@ def snapshot(
     results = []
     with RepositoryLock(repo, exclusive=False), make_progress(settings) as progress:
         run = SnapshotRun(repo, progress)
+        if run.problems:
+            say(f"warning: {len(run.problems)} snapshot(s) could not be read and were "
+                "ignored; run 'sellerbak check'")
         for src in sources:
             result = run.run(src, tags=list(tag or []), full=full, at=when)
             results.append(result)
@@ -237,16 +240,15 @@ def snapshot(
         raise typer.Exit(EXIT_INCOMPLETE)
 
 
-def _parse_time(value: str) -> str:
+def _parse_time(value: str) -> Any:
+    """An ISO 8601 time; without a zone it is taken as UTC."""
     from datetime import UTC, datetime
 
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"--time {value!r} is not an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @app.command()

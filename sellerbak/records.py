@@ -177,23 +177,24 @@ def merge_changes(base: Iterator[Line], changes: Iterator[Line],
                   deleted: set[str]) -> Iterator[Line]:
     """Merge a sorted change set into a sorted base: changed ids replace, new ids insert,
     deleted ids drop. Both inputs must be sorted by key with unique keys."""
-    sentinel = (chr(0x10FFFF) * 2, b"")
     b = next(base, None)
     c = next(changes, None)
-    while b is not None or c is not None:
-        bk = b[0] if b is not None else sentinel[0]
-        ck = c[0] if c is not None else sentinel[0]
-        if c is not None and ck <= bk:
-            if ck not in deleted:
-                yield c
-            if ck == bk:
+    while b is not None and c is not None:
+        if c[0] <= b[0]:
+            if c[0] == b[0]:
                 b = next(base, None)
+            if c[0] not in deleted:
+                yield c
             c = next(changes, None)
         else:
-            assert b is not None
-            if bk not in deleted:
+            if b[0] not in deleted:
                 yield b
             b = next(base, None)
+    rest, item = (base, b) if b is not None else (changes, c)
+    while item is not None:
+        if item[0] not in deleted:
+            yield item
+        item = next(rest, None)
 
 
 def human_bytes(n: float) -> str:

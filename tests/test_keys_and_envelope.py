@@ -69,6 +69,8 @@ def test_flipped_kdf_parameter_fails_unwrap() -> None:
     {"alg": "argon2id", "version": 19, "m_kib": 65536, "t": 3, "p": 255},
     {"alg": "scrypt", "log_n": 40, "r": 8, "p": 1},
     {"alg": "scrypt", "log_n": 18, "r": 10_000, "p": 1},
+    {"alg": "scrypt", "log_n": 22, "r": 32, "p": 1},  # 16 GiB
+    {"alg": "argon2id", "version": 19, "m_kib": 65536, "t": 3, "p": 4, "pepper": 1},
     {"alg": "pbkdf1", "rounds": 1},
 ])
 def test_hostile_kdf_parameters_refused_before_kdf_runs(params, monkeypatch) -> None:
@@ -89,6 +91,14 @@ def test_new_keys_respect_owasp_floor() -> None:
         KdfParams("argon2id", b"s" * 32, m_kib=8192, t=1, p=1).check_floor()
     p = kdf.new_params(os.urandom(32))
     assert (p.alg, p.m_kib, p.t, p.p) == ("argon2id", 262144, 3, 4)
+
+
+def test_unknown_key_file_members_are_refused() -> None:
+    kf, _ = _keyfile()
+    obj = json.loads(kf.to_bytes())
+    obj["note"] = "unauthenticated"
+    with pytest.raises(FormatError):
+        KeyFile.from_bytes(json.dumps(obj).encode())
 
 
 def test_garbage_key_files_are_format_errors() -> None:

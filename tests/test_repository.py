@@ -94,7 +94,7 @@ def test_incremental_changes_merge_by_id_and_touch_few_chunks(store, tmp_path: P
     restore_snapshot(open_repo(store), result.manifest, tmp_path / "out")
     assert restored_records(tmp_path / "out/orders.jsonl") == canonical_sorted(
         list(expect.values()))
-    total = len(result.manifest.datasets["orders"].chunks)
+    total = result.manifest.datasets["orders"].chunks
     # 5 places changed: only the chunks around them are new, the rest kept by reference
     assert result.stats.chunks_new <= 12 < total
     assert check_repository(open_repo(store), read_data=True).ok
@@ -228,3 +228,46 @@ def _empty_index():
     from sellerbak.repository.index import Index
 
     return Index()
+
+
+def test_append_only_nights_do_not_leave_short_chunks_behind(tmp_path: Path) -> None:
+    """Each night appends records: the incremental result is chunked exactly as a full
+    snapshot of the same data would be, so nothing short piles up and dedup holds."""
+    store = LocalStore(tmp_path / "repo")
+    init_repo(store)
+    orders = make_orders(600)
+    SnapshotRun(open_repo(store)).run(ListSource("shop", {"orders": orders}), [])
+    for night in range(1, 4):
+        new = make_orders(40, seed=night, start=600 + 40 * (night - 1))
+        orders += new
+        inc = SnapshotRun(open_repo(store)).run(
+            ListSource("shop", {"orders": []}, changes={"orders": (new, [])}), [])
+    full = SnapshotRun(open_repo(store)).run(ListSource("full", {"orders": orders}), [])
+    assert inc.manifest.datasets["orders"].sha256 == full.manifest.datasets["orders"].sha256
+    assert inc.manifest.datasets["orders"].chunks == full.manifest.datasets["orders"].chunks
+    assert full.stats.chunks_new == 0  # every chunk of the full run was already stored
+
+
+def test_unreadable_manifest_is_skipped_not_fatal(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "repo")
+    init_repo(store)
+    SnapshotRun(open_repo(store)).run(ListSource("shop", {"orders": make_orders(20)}), [])
+    store.put("snapshots/" + "ab" * 32, b"SBK1\0\0\0\1" + b"x" * 200)  # planted garbage
+    run = SnapshotRun(open_repo(store))
+    assert len(run.problems) == 1 and len(run.manifests) == 1
+    run.run(ListSource("shop", {"orders": make_orders(20)}), [])
+    report = check_repository(open_repo(store))
+    assert not report.ok and any("abab" in e for e in report.errors)
+
+
+def test_config_mac_of_wrong_type_is_a_format_error(tmp_path: Path) -> None:
+    from sellerbak.errors import FormatError
+
+    store = LocalStore(tmp_path / "repo")
+    init_repo(store)
+    cfg = json.loads(store.get("config"))
+    for bad in (12, "\u00e9" * 64, None):
+        cfg["mac"] = bad
+        _replace(store, "config", json.dumps(cfg).encode())
+        with pytest.raises(FormatError, match="modified"):
+            open_repo(store)

@@ -12,16 +12,21 @@ read back only to extend the dataset's SHA-256), and only the chunks around chan
 from __future__ import annotations
 
 import hashlib
+import itertools
+import secrets
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
+
+from zstandard import ZstdCompressionDict, ZstdError, train_dictionary
 
 from sellerbak import __version__
 from sellerbak.backup.chunker import Chunk, Chunker
 from sellerbak.backup.exporters.base import DatasetExport, Source
-from sellerbak.errors import SourceError
+from sellerbak.errors import IntegrityError, SourceError
 from sellerbak.records import (
     Line,
     OutOfOrderError,
@@ -32,18 +37,37 @@ from sellerbak.records import (
     require_sorted,
     sort_records,
 )
+from sellerbak.repository.datasets import iter_chunks
+from sellerbak.repository.format import TYPE_CHUNK, TYPE_DICT, TYPE_REFLIST
 from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import (
     ChunkRef,
     DatasetEntry,
     Manifest,
+    RefListRef,
+    format_time,
     load_manifests,
     new_manifest_id,
     now_rfc3339,
     write_manifest,
 )
-from sellerbak.repository.packs import ChunkReader, PackWriter, WriteStats
+from sellerbak.repository.packs import (
+    ZSTD_LEVEL,
+    ChunkReader,
+    PackWriter,
+    WriteStats,
+    load_dictionary,
+)
 from sellerbak.repository.repo import Repository
+
+#: ref-list blobs: about 40 chunk references each
+REFLIST_TARGET = 4 * 1024
+REFLIST_MAX = 32 * 1024
+#: dictionary training: the first records of a dataset's first snapshot
+DICT_SIZE = 64 * 1024
+DICT_SAMPLES = 5000
+DICT_MIN_RECORDS = 200
+DICT_MIN_BYTES = 256 * 1024
 
 
 class Progress(Protocol):
@@ -71,18 +95,59 @@ class SnapshotResult:
     incomplete: list[str] = field(default_factory=list)
 
 
+class _RefListWriter:
+    """Cuts a dataset's chunk references into content-defined ref-list blobs."""
+
+    def __init__(self, repo: Repository, writer: PackWriter) -> None:
+        self.repo = repo
+        self.writer = writer
+        self.chunker = Chunker(repo.chunker_key, REFLIST_TARGET, REFLIST_MAX)
+        self.refs: list[RefListRef] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._records = self._bytes = 0
+        self._first: str | None = None
+
+    def add(self, ref: ChunkRef) -> None:
+        if self._first is None:
+            self._first = ref.first_key
+        self._records += ref.records
+        self._bytes += ref.raw_len
+        cut = self.chunker.feed(ref.chunk_id.hex(), ref.line())
+        if cut is not None:
+            self._emit(cut.data, cut.records, ref.last_key)
+
+    def finish(self, last_key: str) -> None:
+        cut = self.chunker.flush()
+        if cut is not None:
+            self._emit(cut.data, cut.records, last_key)
+
+    def _emit(self, data: bytes, chunks: int, last_key: str) -> None:
+        blob_id = self.repo.blob_id(TYPE_REFLIST, data)
+        self.writer.add(blob_id, data, TYPE_REFLIST)
+        assert self._first is not None
+        self.refs.append(RefListRef(blob_id, chunks, self._records, self._bytes, self._first,
+                                    last_key))
+        self._reset()
+
+
 class _DatasetBuilder:
     """Cuts one dataset's sorted lines into chunks and hands new chunks to the pack writer."""
 
-    def __init__(self, repo: Repository, writer: PackWriter, progress: Progress) -> None:
+    def __init__(self, repo: Repository, writer: PackWriter, progress: Progress,
+                 zdict: ZstdCompressionDict | None = None) -> None:
         self.repo = repo
         self.writer = writer
         self.progress = progress
+        self.zdict = zdict
         self.chunker = Chunker(repo.chunker_key, repo.chunk_target, repo.chunk_max)
+        self.reflist = _RefListWriter(repo, writer)
         self.hasher = hashlib.sha256()
-        self.refs: list[ChunkRef] = []
+        self.chunks = 0
         self.records = 0
         self.bytes = 0
+        self.last_key = ""
 
     def feed(self, key: str, line: bytes) -> None:
         chunk = self.chunker.feed(key, line)
@@ -93,10 +158,11 @@ class _DatasetBuilder:
         chunk = self.chunker.flush()
         if chunk is not None:
             self._emit(chunk)
+        self.reflist.finish(self.last_key)
 
     def _emit(self, chunk: Chunk) -> None:
         cid = self.repo.chunk_id(chunk.data)
-        self.writer.add(cid, chunk.data)
+        self.writer.add(cid, chunk.data, TYPE_CHUNK, self.zdict)
         self._account(ChunkRef(cid, chunk.records, len(chunk.data), chunk.first_key,
                                chunk.last_key), chunk.data)
 
@@ -106,10 +172,17 @@ class _DatasetBuilder:
 
     def _account(self, ref: ChunkRef, data: bytes) -> None:
         self.hasher.update(data)
-        self.refs.append(ref)
+        self.reflist.add(ref)
+        self.chunks += 1
         self.records += ref.records
         self.bytes += ref.raw_len
+        self.last_key = ref.last_key
         self.progress.records(ref.records)
+
+    def entry(self, export: DatasetExport, dict_id: bytes | None) -> DatasetEntry:
+        return DatasetEntry(export.name, self.records, self.bytes, self.hasher.hexdigest(),
+                            self.chunks, self.reflist.refs, dict_id, export.cursor,
+                            export.complete, export.problem, dict(export.meta))
 
 
 def _chunk_lines(plain: bytes, dataset: str) -> Iterator[Line]:
@@ -126,14 +199,17 @@ class SnapshotRun:
         self.progress: Progress = progress or _NoProgress()
         self.tmpdir = tmpdir
         self.index = Index.load(repo, recover=True)
-        self.manifests = load_manifests(repo)
+        self.reader = ChunkReader(repo, self.index)
+        self.problems: list[str] = []
+        self.manifests = load_manifests(repo, self.problems)
+        self._dicts: dict[bytes, ZstdCompressionDict] = {}
 
     def previous(self, source: str) -> Manifest | None:
         mine = [m for m in self.manifests if m.source == source]
         return mine[-1] if mine else None
 
     def run(self, source: Source, tags: list[str], full: bool = False,
-            at: str | None = None) -> SnapshotResult:
+            at: datetime | None = None) -> SnapshotResult:
         started = time.monotonic()
         prev = None if full else self.previous(source.name)
         cursors: dict[str, Any] = {}
@@ -153,7 +229,8 @@ class SnapshotRun:
         finally:
             writer.close()
         manifest = Manifest(
-            id=new_manifest_id(), time=at or now_rfc3339(), source=source.name,
+            id=new_manifest_id(), time=format_time(at) if at else now_rfc3339(),
+            source=source.name,
             source_type=source.type, hostname=socket.gethostname(), tags=sorted(set(tags)),
             datasets=datasets, parent=prev.id.hex() if prev else None)
         seconds = time.monotonic() - started
@@ -172,48 +249,81 @@ class SnapshotRun:
 
     def _dataset(self, export: DatasetExport, prev: Manifest | None,
                  writer: PackWriter) -> DatasetEntry:
-        builder = _DatasetBuilder(self.repo, writer, self.progress)
+        base = prev.datasets.get(export.name) if prev else None
         encoded = encode_records(export.records, export.name)
         if export.sorted or export.reopen is not None:
             lines = require_sorted(encoded, export.name)
         else:
             lines = sort_records(encoded, export.name, self.tmpdir)
         try:
-            return self._build(builder, export, lines, prev)
+            return self._build(export, lines, base, writer)
         except OutOfOrderError:
             if export.reopen is None:
                 raise
         # not sorted after all: start again from the top, sorting on the way in (what was
         # already stored is deduplicated or left for prune)
-        builder = _DatasetBuilder(self.repo, writer, self.progress)
         lines = sort_records(encode_records(export.reopen(), export.name), export.name,
                              self.tmpdir)
-        return self._build(builder, export, lines, prev)
+        return self._build(export, lines, base, writer)
 
-    def _build(self, builder: _DatasetBuilder, export: DatasetExport, lines: Iterator[Line],
-               prev: Manifest | None) -> DatasetEntry:
+    def _build(self, export: DatasetExport, lines: Iterator[Line], base: DatasetEntry | None,
+               writer: PackWriter) -> DatasetEntry:
+        if export.mode == "changes" and base is None:
+            raise SourceError(f"dataset {export.name}: source sent changes but there is "
+                              "no previous snapshot of it to apply them to")
+        dict_id, zdict, lines = self._dictionary(base, lines, writer)
+        builder = _DatasetBuilder(self.repo, writer, self.progress, zdict)
         if export.mode == "changes":
-            base = prev.datasets.get(export.name) if prev else None
-            if base is None:
-                raise SourceError(f"dataset {export.name}: source sent changes but there is "
-                                  "no previous snapshot of it to apply them to")
+            assert base is not None
             self._merge(builder, base, lines, export)
         else:
             for key, line in lines:
                 builder.feed(key, line)
         builder.finish()
-        return DatasetEntry(export.name, builder.records, builder.bytes,
-                            builder.hasher.hexdigest(), builder.refs, export.cursor,
-                            export.complete, export.problem, dict(export.meta))
+        return builder.entry(export, dict_id)
+
+    def _dictionary(self, base: DatasetEntry | None, lines: Iterator[Line], writer: PackWriter
+                    ) -> tuple[bytes | None, ZstdCompressionDict | None, Iterator[Line]]:
+        """The dataset's compression dictionary: the previous snapshot's, or one trained on the
+        first records. Small chunks compress almost as well as large ones with it, which is
+        what lets a night's scattered changes be stored in small pieces."""
+        if base is not None and base.dict_id is not None:
+            if base.dict_id not in self._dicts:
+                try:
+                    (raw,) = list(self.reader.read([base.dict_id]))
+                    self._dicts[base.dict_id] = load_dictionary(raw)
+                except (IntegrityError, ValueError, ZstdError):
+                    return None, None, lines  # dictionary gone: store without one
+            return base.dict_id, self._dicts[base.dict_id], lines
+        head = list(itertools.islice(lines, DICT_SAMPLES))
+        lines = itertools.chain(head, lines)
+        if len(head) < DICT_MIN_RECORDS or sum(len(x[1]) for x in head) < DICT_MIN_BYTES:
+            return None, None, lines
+        try:
+            zdict = train_dictionary(DICT_SIZE, [x[1] for x in head], level=ZSTD_LEVEL,
+                                     dict_id=secrets.randbelow(2**31 - 2**15) + 2**15)
+        except ZstdError:
+            return None, None, lines
+        raw = zdict.as_bytes()
+        dict_id = self.repo.blob_id(TYPE_DICT, raw)
+        writer.add(dict_id, raw, TYPE_DICT)
+        self._dicts[dict_id] = load_dictionary(raw)
+        return dict_id, self._dicts[dict_id], lines
 
     def _merge(self, builder: _DatasetBuilder, base: DatasetEntry, changes: Iterator[Line],
                export: DatasetExport) -> None:
+        """Apply sorted changes to the previous dataset chunk by chunk: an untouched chunk is
+        kept by reference when the chunker is at a boundary; chunks around changes are re-cut.
+        The last chunk is re-cut whenever records follow it: it was cut by the end of the data,
+        not by the boundary rule, and keeping it would leave a short chunk behind each night."""
         deleted = sorted({str(d) for d in export.deleted_ids})
         di = 0
         pending = next(changes, None)
-        reader = ChunkReader(self.repo, self.index)
-        plains = reader.read(ref.chunk_id for ref in base.chunks)
-        for ref, plain in zip(base.chunks, plains, strict=True):
+        base_chunks = iter_chunks(self.reader, base)
+        current = next(base_chunks, None)
+        while current is not None:
+            ref, plain = current
+            current = next(base_chunks, None)
             mine: list[Line] = []
             while pending is not None and pending[0] <= ref.last_key:
                 mine.append(pending)
@@ -222,7 +332,8 @@ class SnapshotRun:
             while di < len(deleted) and deleted[di] <= ref.last_key:
                 dels.add(deleted[di])
                 di += 1
-            if not mine and not dels and builder.chunker.empty:
+            is_tail = current is None and pending is not None
+            if not mine and not dels and not is_tail and builder.chunker.empty:
                 builder.reuse(ref, plain)
                 continue
             for key, line in merge_changes(_chunk_lines(plain, export.name), iter(mine), dels):

@@ -31,6 +31,8 @@ class Kind(IntEnum):
     INDEX = 0x03
     MANIFEST = 0x04
     LOCK = 0x06
+    REFLIST = 0x07
+    DICT = 0x08
 
 
 def context(repo_id: bytes, kind: Kind, epoch: int, object_id: bytes) -> bytes:

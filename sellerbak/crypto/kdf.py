@@ -56,6 +56,10 @@ class KdfParams:
         """Parse and bound-check untrusted parameters; raises FormatError, never runs the KDF."""
         if not isinstance(obj, dict):
             raise FormatError("key file: kdf is not an object")
+        allowed = ({"alg", "version", "m_kib", "t", "p", "salt"} if obj.get("alg") == "argon2id"
+                   else {"alg", "log_n", "r", "p", "salt"})
+        if set(obj) - allowed:
+            raise FormatError("key file: kdf has members this version does not know")
         alg = obj.get("alg")
         try:
             salt = base64.b64decode(_str(obj, "salt"), validate=True)
@@ -86,9 +90,11 @@ class KdfParams:
                     f"(m_kib<= {MAX_ARGON2_M_KIB}, t<= {MAX_ARGON2_T}, p<= {MAX_LANES})")
         elif self.alg == "scrypt":
             if not (1 <= self.log_n <= MAX_SCRYPT_LOG_N and 1 <= self.r <= MAX_SCRYPT_R
-                    and 1 <= self.p <= MAX_LANES):
+                    and 1 <= self.p <= MAX_LANES
+                    and 128 * self.r * (1 << self.log_n) <= MAX_ARGON2_M_KIB * 1024):
                 raise FormatError(
-                    f"key file: scrypt parameters out of bounds (log_n<= {MAX_SCRYPT_LOG_N})")
+                    f"key file: scrypt parameters out of bounds (log_n<= {MAX_SCRYPT_LOG_N}, "
+                    "memory 128*r*2^log_n <= 4 GiB)")
         else:
             raise FormatError("key file: unknown kdf algorithm")
 

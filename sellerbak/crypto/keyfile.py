@@ -30,6 +30,7 @@ from sellerbak.errors import FormatError, WrongPassphraseError
 FORMAT = "sellerbak-key/1"
 CONTEXT_LABEL = b"sellerbak/v1/keyfile\x00"
 MAX_KEYFILE_BYTES = 64 * 1024
+_MEMBERS = {"format", "repo_id", "key_id", "created", "hostname", "kdf", "wrapped"}
 
 
 @dataclass
@@ -63,6 +64,9 @@ class KeyFile:
             raise FormatError("key file is not JSON") from None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise FormatError("key file has an unknown format")
+        if set(obj) - _MEMBERS:
+            # every member is authenticated; one this version does not know could not be
+            raise FormatError("key file has members this version does not know")
         try:
             repo_id = bytes.fromhex(obj["repo_id"])
             key_id = obj["key_id"]

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sellerbak.errors import SellerbakError
+from sellerbak.repository.datasets import iter_chunk_refs
 from sellerbak.repository.format import PackRecord
 from sellerbak.repository.index import Index, read_pack_record
 from sellerbak.repository.manifest import list_snapshot_ids, read_manifest
@@ -41,6 +42,7 @@ def check_repository(repo: Repository, read_data: bool = False,
     stored = {pid: info.size for info in repo.store.list("data/")
               if (pid := parse_hex_id(info.name, "data/")) is not None}
     referenced: set[bytes] = set()
+    reader = ChunkReader(repo, index)
     for sid in list_snapshot_ids(repo):
         try:
             manifest = read_manifest(repo, sid)
@@ -49,11 +51,21 @@ def check_repository(repo: Repository, read_data: bool = False,
             continue
         report.snapshots += 1
         for ds in manifest.datasets.values():
-            for ref in ds.chunks:
-                referenced.add(ref.chunk_id)
-                if ref.chunk_id not in index:
-                    report.errors.append(f"snapshot {manifest.short_id} dataset {ds.name}: "
-                                         f"chunk {ref.chunk_id.hex()[:16]} is in no index")
+            where = f"snapshot {manifest.short_id} dataset {ds.name}"
+            meta = [r.blob_id for r in ds.reflist] + ([ds.dict_id] if ds.dict_id else [])
+            referenced.update(meta)
+            missing = [b for b in meta if b not in index]
+            if missing:
+                report.errors.append(f"{where}: blob {missing[0].hex()[:16]} is in no index")
+                continue
+            try:
+                for ref in iter_chunk_refs(reader, ds):
+                    referenced.add(ref.chunk_id)
+                    if ref.chunk_id not in index:
+                        report.errors.append(f"{where}: chunk {ref.chunk_id.hex()[:16]} is in "
+                                             "no index")
+            except SellerbakError as exc:
+                report.errors.append(f"{where}: {exc}")
     report.chunks_referenced = len(referenced)
     needed_packs = {index.chunks[c].pack_id for c in referenced if c in index}
     for pid, pack in index.packs.items():

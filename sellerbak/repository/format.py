@@ -19,7 +19,20 @@ PACK_TRAILER_MAGIC = b"SBPK"
 INDEX_MAGIC = b"SBIX"
 FORMAT_VERSION = 1
 
-FLAG_ZSTD = 0x01
+# BlobEntry.flags: low two bits say how the blob body is compressed, bits 4-5 what it holds
+COMP_MASK = 0x03
+COMP_NONE = 0x00
+COMP_ZSTD = 0x01
+COMP_ZSTD_DICT = 0x02  # zstd frame made with a dictionary; the frame header names its dictID
+FLAG_ZSTD = COMP_ZSTD
+TYPE_SHIFT = 4
+TYPE_CHUNK = 0  # a run of canonical record lines
+TYPE_REFLIST = 1  # a run of a dataset's chunk references
+TYPE_DICT = 2  # a zstd dictionary trained on a dataset
+
+
+def blob_type(flags: int) -> int:
+    return (flags >> TYPE_SHIFT) & 0x03
 
 _ENTRY = struct.Struct(">32sIIIB")  # chunk id, offset, length, raw length, flags
 _TRAILER = struct.Struct(">I4s")  # length of the sealed header, magic

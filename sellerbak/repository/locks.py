@@ -1,4 +1,5 @@
-"""Repository locks: shared for snapshot, exclusive for prune and key changes.
+"""Repository locks: shared for snapshot, exclusive for prune (key changes need none: each
+key file is written and removed whole, and data never depends on which key files exist).
 
 A lock is a sealed object `locks/<random id>` holding who took it (host, pid, time). Objects are
 immutable, so a long-running holder refreshes its lock by writing a new one and deleting the old.
@@ -69,8 +70,11 @@ def list_locks(repo: Repository) -> list[LockInfo]:
         try:
             obj: dict[str, Any] = json.loads(repo.open_sealed(
                 Kind.LOCK, lid, repo.store.get(info.name), info.name))
+            when = datetime.fromisoformat(obj["time"])
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
             locks.append(LockInfo(lid, bool(obj["exclusive"]), str(obj["hostname"]),
-                                  int(obj["pid"]), datetime.fromisoformat(obj["time"])))
+                                  int(obj["pid"]), when))
         except (SellerbakError, ValueError, KeyError, TypeError):
             locks.append(LockInfo(lid, True, "?", 0, datetime.now(UTC), readable=False))
     return locks

@@ -1,26 +1,39 @@
 """Snapshot manifests: the one object that makes a snapshot exist, written after its data.
 
-A manifest lists, per dataset, the chunks in order (with each chunk's record count, raw length
-and first/last record id, which lets the next night reuse untouched chunks without reading
-them twice), the record count and SHA-256 of the dataset's canonical bytes (checked by restore
-and drills), the source's cursor for the next incremental run, and whether the dataset is
-complete.
+Per dataset, a manifest keeps the record count and SHA-256 of the dataset's canonical bytes
+(checked by restore and drills), the source's cursor for the next incremental run, whether the
+dataset is complete, its compression dictionary, and its chunk list.
+
+The chunk list (each chunk's id, record count, raw length and first/last record id, which lets
+the next night keep untouched chunks by reference) is not inline: it is itself cut into
+content-defined "ref-list" blobs, stored like chunks, and the manifest lists those. A night
+that changes a few records therefore stores only the few ref-list blobs around them, and the
+manifest stays small however large the shop grows.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from sellerbak.crypto.envelope import Kind
-from sellerbak.errors import FormatError, ObjectNotFoundError, SnapshotNotFoundError
+from sellerbak.errors import (
+    FormatError,
+    IntegrityError,
+    ObjectNotFoundError,
+    SnapshotNotFoundError,
+)
 from sellerbak.repository.format import compress, decompress
 from sellerbak.repository.repo import Repository, parse_hex_id, snapshot_name
 
 MANIFEST_FORMAT = "sellerbak-snapshot/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +56,58 @@ class ChunkRef:
         return ref
 
 
+    def line(self) -> bytes:
+        """This reference as one line of a ref-list blob."""
+        return orjson.dumps(self.to_json(), option=orjson.OPT_APPEND_NEWLINE)
+
+
+@dataclass(frozen=True, slots=True)
+class RefListRef:
+    """One ref-list blob: which chunk references it holds, summarised."""
+
+    blob_id: bytes
+    chunks: int
+    records: int
+    raw_len: int
+    first_key: str
+    last_key: str
+
+    def to_json(self) -> list[Any]:
+        return [self.blob_id.hex(), self.chunks, self.records, self.raw_len, self.first_key,
+                self.last_key]
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RefListRef:
+        bid, chunks, records, raw_len, first, last = obj
+        ref = cls(bytes.fromhex(bid), int(chunks), int(records), int(raw_len), str(first),
+                  str(last))
+        if len(ref.blob_id) != 32 or ref.chunks < 1 or ref.records < ref.chunks:
+            raise ValueError("bad ref-list reference")
+        return ref
+
+
+def parse_reflist(plain: bytes, ref: RefListRef, what: str) -> list[ChunkRef]:
+    """The chunk references in one ref-list blob, checked against its summary."""
+    try:
+        refs = [ChunkRef.from_json(orjson.loads(line)) for line in plain.splitlines()]
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise FormatError(f"{what}: ref-list blob does not parse") from None
+    if (len(refs) != ref.chunks or sum(r.records for r in refs) != ref.records
+            or sum(r.raw_len for r in refs) != ref.raw_len
+            or refs[0].first_key != ref.first_key or refs[-1].last_key != ref.last_key):
+        raise FormatError(f"{what}: ref-list blob does not match its summary")
+    return refs
+
+
 @dataclass
 class DatasetEntry:
     name: str
     records: int
     bytes: int
     sha256: str
-    chunks: list[ChunkRef]
+    chunks: int
+    reflist: list[RefListRef]
+    dict_id: bytes | None = None
     cursor: Any = None
     complete: bool = True
     problem: str | None = None
@@ -57,17 +115,23 @@ class DatasetEntry:
 
     def to_json(self) -> dict[str, Any]:
         return {"records": self.records, "bytes": self.bytes, "sha256": self.sha256,
-                "chunks": [c.to_json() for c in self.chunks], "cursor": self.cursor,
+                "chunks": self.chunks, "reflist": [r.to_json() for r in self.reflist],
+                "dict": self.dict_id.hex() if self.dict_id else None, "cursor": self.cursor,
                 "complete": self.complete, "problem": self.problem, "meta": self.meta}
 
     @classmethod
     def from_json(cls, name: str, obj: dict[str, Any]) -> DatasetEntry:
+        dict_hex = obj.get("dict")
         entry = cls(name, int(obj["records"]), int(obj["bytes"]), str(obj["sha256"]),
-                    [ChunkRef.from_json(c) for c in obj["chunks"]], obj.get("cursor"),
+                    int(obj["chunks"]), [RefListRef.from_json(r) for r in obj["reflist"]],
+                    bytes.fromhex(dict_hex) if dict_hex else None, obj.get("cursor"),
                     bool(obj.get("complete", True)), obj.get("problem"),
                     dict(obj.get("meta") or {}))
-        if sum(c.records for c in entry.chunks) != entry.records or \
-                sum(c.raw_len for c in entry.chunks) != entry.bytes or len(entry.sha256) != 64:
+        if (sum(r.chunks for r in entry.reflist) != entry.chunks
+                or sum(r.records for r in entry.reflist) != entry.records
+                or sum(r.raw_len for r in entry.reflist) != entry.bytes
+                or len(entry.sha256) != 64
+                or (entry.dict_id is not None and len(entry.dict_id) != 32)):
             raise ValueError("dataset totals do not add up")
         return entry
 
@@ -122,7 +186,8 @@ class Manifest:
                 str(obj.get("hostname", "")), [str(t) for t in obj.get("tags", [])],
                 {str(n): DatasetEntry.from_json(str(n), d) for n, d in obj["datasets"].items()},
                 obj.get("parent"), dict(obj.get("summary") or {}))
-        m.datetime  # noqa: B018 - validates the time field
+        if m.datetime.tzinfo is None:
+            raise ValueError("manifest time has no time zone")
         return m
 
 
@@ -131,7 +196,14 @@ def new_manifest_id() -> bytes:
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return format_time(datetime.now(UTC))
+
+
+def format_time(when: datetime) -> str:
+    """The one time format manifests use: UTC, microseconds, `Z`."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def write_manifest(repo: Repository, manifest: Manifest) -> None:
@@ -158,13 +230,29 @@ def list_snapshot_ids(repo: Repository) -> list[bytes]:
             if (sid := parse_hex_id(info.name, "snapshots/")) is not None]
 
 
-def load_manifests(repo: Repository) -> list[Manifest]:
-    """Every snapshot, oldest first."""
+def load_manifests(repo: Repository, problems: list[str] | None = None) -> list[Manifest]:
+    """Every readable snapshot, oldest first.
+
+    A manifest that cannot be read (damaged, or planted by someone without the key) is left
+    out and described in `problems` rather than stopping every backup and restore; `check`
+    reports it as an error."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def one(sid: bytes) -> Manifest | str:
+        try:
+            return read_manifest(repo, sid)
+        except (FormatError, IntegrityError, SnapshotNotFoundError) as exc:
+            return str(exc)
+
     with ThreadPoolExecutor(8) as pool:
-        manifests = list(pool.map(lambda sid: read_manifest(repo, sid), list_snapshot_ids(repo)))
-    return sorted(manifests, key=lambda m: (m.time, m.id))
+        results = list(pool.map(one, list_snapshot_ids(repo)))
+    manifests = [r for r in results if isinstance(r, Manifest)]
+    if problems is not None:
+        problems.extend(r for r in results if isinstance(r, str))
+    for r in results:
+        if isinstance(r, str):
+            log.warning("skipping unreadable snapshot: %s", r)
+    return sorted(manifests, key=lambda m: (m.datetime, m.id))
 
 
 def resolve_snapshot(repo: Repository, ref: str, source: str | None = None) -> Manifest:

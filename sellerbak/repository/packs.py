@@ -1,13 +1,13 @@
-"""Writing chunks into packs, and reading them back in order.
+"""Writing blobs into packs, and reading them back in order.
 
-Writing: each new chunk is compressed (zstd) and sealed in a worker thread (zstd releases the
-GIL, so both cores work), appended to the current pack, and a full pack is uploaded in the
-background while the next one fills. Packs are named by a random 32-byte id, so concurrent
-writers never collide and nothing is overwritten.
+Writing: new blobs are compressed (zstd, with the dataset's dictionary when it has one) and
+sealed in worker threads, in batches (zstd releases the GIL, so both cores work), appended to the
+current pack, and a full pack is uploaded in the background while the next one fills. Packs are
+named by a random 32-byte id, so concurrent writers never collide and nothing is overwritten.
 
-Reading: `ChunkReader` fetches chunks in the order a dataset lists them, grouping neighbours in
-the same pack into one range request and keeping a bounded number of requests in flight. Each
-chunk is authenticated (AEAD bound to its chunk id) and its keyed id recomputed.
+Reading: `ChunkReader` fetches blobs in the order given, grouping neighbours in the same pack
+into one range request and keeping a bounded number of requests in flight. Every blob is
+authenticated (AEAD bound to its id and kind) and its keyed id recomputed from the plaintext.
 """
 
 from __future__ import annotations
@@ -24,9 +24,17 @@ import zstandard
 from sellerbak.crypto.envelope import Kind
 from sellerbak.errors import IntegrityError
 from sellerbak.repository.format import (
-    FLAG_ZSTD,
+    COMP_MASK,
+    COMP_NONE,
+    COMP_ZSTD,
+    COMP_ZSTD_DICT,
+    TYPE_CHUNK,
+    TYPE_DICT,
+    TYPE_REFLIST,
+    TYPE_SHIFT,
     BlobEntry,
     PackRecord,
+    blob_type,
     encode_pack_header,
     encode_trailer,
 )
@@ -36,22 +44,32 @@ from sellerbak.repository.repo import Repository, pack_name
 ZSTD_LEVEL = 3
 #: packs per index object while a snapshot runs; the rest go in one final index
 INDEX_EVERY_PACKS = 8
+#: blobs handed to a worker at once (per-task overhead would otherwise dominate small chunks)
+BATCH_BLOBS = 64
+BATCH_BYTES = 1 << 20
+MAX_DICT_BYTES = 1 << 20
+
+KIND_OF_TYPE = {TYPE_CHUNK: Kind.BLOB, TYPE_REFLIST: Kind.REFLIST, TYPE_DICT: Kind.DICT}
+KNOWN_FLAGS = COMP_MASK | (0x03 << TYPE_SHIFT)
 
 _tls = threading.local()
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    cctx = getattr(_tls, "cctx", None)
+def _compressor(zdict: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] = getattr(_tls, "cctx", None) or {}
+    _tls.cctx = cache
+    key = id(zdict) if zdict is not None else 0
+    cctx = cache.get(key)
     if cctx is None:
-        cctx = _tls.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        cctx = cache[key] = zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=zdict,
+                                                     write_content_size=True)
     return cctx
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
-    dctx = getattr(_tls, "dctx", None)
-    if dctx is None:
-        dctx = _tls.dctx = zstandard.ZstdDecompressor()
-    return dctx
+def load_dictionary(raw: bytes) -> zstandard.ZstdCompressionDict:
+    zdict = zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_FULLDICT)
+    zdict.precompute_compress(level=ZSTD_LEVEL)
+    return zdict
 
 
 @dataclass
@@ -63,20 +81,25 @@ class WriteStats:
     packs: int = 0
 
 
+_Item = tuple[bytes, int, bytes, "zstandard.ZstdCompressionDict | None"]
+
+
 class PackWriter:
-    """Accepts new chunks; uploads them in packs; writes index objects for uploaded packs."""
+    """Accepts new blobs; uploads them in packs; writes index objects for uploaded packs."""
 
     def __init__(self, repo: Repository, index: Index, workers: int = 2,
-                 upload_workers: int = 3, max_pending: int = 64,
+                 upload_workers: int = 3, max_pending_batches: int = 8,
                  on_upload: Callable[[int], None] | None = None) -> None:
         self.repo = repo
         self.index = index
         self.stats = WriteStats()
         self._seal_pool = ThreadPoolExecutor(workers, thread_name_prefix="seal")
         self._upload_pool = ThreadPoolExecutor(upload_workers, thread_name_prefix="upload")
-        self._sealing: deque[tuple[bytes, int, Future[tuple[bytes, int]]]] = deque()
+        self._batch: list[_Item] = []
+        self._batch_bytes = 0
+        self._sealing: deque[Future[list[tuple[BlobEntry, bytes]]]] = deque()
         self._uploads: deque[Future[PackRecord]] = deque()
-        self._max_pending = max_pending
+        self._max_pending = max_pending_batches
         self._max_uploads = upload_workers + 1
         self._blobs: list[bytes] = []
         self._entries: list[BlobEntry] = []
@@ -89,38 +112,55 @@ class PackWriter:
         self._uploaded.extend(index.unindexed)
         index.unindexed = []
 
-    def knows(self, chunk_id: bytes) -> bool:
-        return chunk_id in self.index or chunk_id in self._in_run
+    def knows(self, blob_id: bytes) -> bool:
+        return blob_id in self.index or blob_id in self._in_run
 
-    def add(self, chunk_id: bytes, plaintext: bytes) -> bool:
-        """Store a chunk unless the repository already has it; returns True if it is new."""
-        if self.knows(chunk_id):
-            self.stats.chunks_reused += 1
+    def add(self, blob_id: bytes, plaintext: bytes, btype: int = TYPE_CHUNK,
+            zdict: zstandard.ZstdCompressionDict | None = None) -> bool:
+        """Store a blob unless the repository already has it; returns True if it is new."""
+        if self.knows(blob_id):
+            if btype == TYPE_CHUNK:
+                self.stats.chunks_reused += 1
             return False
-        self._in_run.add(chunk_id)
-        self.stats.chunks_new += 1
+        self._in_run.add(blob_id)
+        if btype == TYPE_CHUNK:
+            self.stats.chunks_new += 1
         self.stats.bytes_raw_new += len(plaintext)
-        fut = self._seal_pool.submit(self._seal, chunk_id, plaintext)
-        self._sealing.append((chunk_id, len(plaintext), fut))
-        while len(self._sealing) > self._max_pending:
-            self._collect_one()
+        self._batch.append((blob_id, btype, plaintext, zdict))
+        self._batch_bytes += len(plaintext)
+        if len(self._batch) >= BATCH_BLOBS or self._batch_bytes >= BATCH_BYTES:
+            self._submit_batch()
         return True
 
-    def _seal(self, chunk_id: bytes, plaintext: bytes) -> tuple[bytes, int]:
-        compressed = _compressor().compress(plaintext)
-        flags = FLAG_ZSTD
-        if len(compressed) >= len(plaintext):
-            compressed, flags = plaintext, 0
-        return self.repo.seal(Kind.BLOB, chunk_id, compressed), flags
+    def _submit_batch(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._sealing.append(self._seal_pool.submit(self._seal_batch, batch))
+        while len(self._sealing) > self._max_pending:
+            self._collect_one()
+
+    def _seal_batch(self, batch: list[_Item]) -> list[tuple[BlobEntry, bytes]]:
+        out = []
+        for blob_id, btype, plaintext, zdict in batch:
+            body = _compressor(zdict).compress(plaintext)
+            comp = COMP_ZSTD_DICT if zdict is not None else COMP_ZSTD
+            if len(body) >= len(plaintext):
+                body, comp = plaintext, COMP_NONE
+            sealed = self.repo.seal(KIND_OF_TYPE[btype], blob_id, body)
+            entry = BlobEntry(blob_id, 0, len(sealed), len(plaintext),
+                              comp | (btype << TYPE_SHIFT))
+            out.append((entry, sealed))
+        return out
 
     def _collect_one(self) -> None:
-        chunk_id, raw_len, fut = self._sealing.popleft()
-        blob, flags = fut.result()
-        self._entries.append(BlobEntry(chunk_id, self._size, len(blob), raw_len, flags))
-        self._blobs.append(blob)
-        self._size += len(blob)
-        if self._size >= self.repo.pack_size:
-            self._finish_pack()
+        for entry, sealed in self._sealing.popleft().result():
+            self._entries.append(BlobEntry(entry.chunk_id, self._size, entry.length,
+                                           entry.raw_len, entry.flags))
+            self._blobs.append(sealed)
+            self._size += len(sealed)
+            if self._size >= self.repo.pack_size:
+                self._finish_pack()
 
     def _finish_pack(self) -> None:
         if not self._entries:
@@ -158,7 +198,8 @@ class PackWriter:
             self._uploaded = []
 
     def flush(self) -> None:
-        """Upload everything pending and index it; after this, every added chunk is stored."""
+        """Upload everything pending and index it; after this, every added blob is stored."""
+        self._submit_batch()
         while self._sealing:
             self._collect_one()
         self._finish_pack()
@@ -173,7 +214,7 @@ class PackWriter:
 
 
 class ChunkReader:
-    """Yields the plaintext of chunks in the given order, verified, with read-ahead."""
+    """Yields the plaintext of blobs in the given order, verified, with read-ahead."""
 
     #: a request covers at most this many bytes of *plaintext* (data compresses 5-10x, so
     #: bounding compressed bytes alone would let decompressed read-ahead balloon)
@@ -187,27 +228,30 @@ class ChunkReader:
         self.index = index
         self.workers = workers
         self.read_ahead = read_ahead
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._dicts_loaded = False
+        self._dict_lock = threading.Lock()
 
-    def _plan(self, chunk_ids: Iterable[bytes]) -> Iterator[tuple[bytes, list[BlobEntry]]]:
-        """Group consecutive chunks stored near each other in one pack into one request."""
+    def _plan(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, list[BlobEntry]]]:
+        """Group consecutive blobs stored near each other in one pack into one request."""
         group: list[BlobEntry] = []
         group_pack: bytes | None = None
-        for cid in chunk_ids:
+        raw = 0
+        for cid in blob_ids:
             loc = self.index.locate(cid)
             e = loc.entry
             if group and loc.pack_id == group_pack:
-                start = group[0].offset
-                end = max(g.offset + g.length for g in group)
-                lo, hi = min(start, e.offset), max(end, e.offset + e.length)
+                end = group[-1].offset + group[-1].length
                 gap_ok = e.offset >= end and e.offset - end <= self.MAX_GAP
-                raw = sum(g.raw_len for g in group) + e.raw_len
-                if gap_ok and hi - lo <= self.MAX_REQUEST and raw <= self.MAX_REQUEST_RAW:
+                if (gap_ok and e.offset + e.length - group[0].offset <= self.MAX_REQUEST
+                        and raw + e.raw_len <= self.MAX_REQUEST_RAW):
                     group.append(e)
+                    raw += e.raw_len
                     continue
             if group:
                 assert group_pack is not None
                 yield group_pack, group
-            group, group_pack = [e], loc.pack_id
+            group, group_pack, raw = [e], loc.pack_id, e.raw_len
         if group:
             assert group_pack is not None
             yield group_pack, group
@@ -223,24 +267,50 @@ class ChunkReader:
                 for e in entries]
 
     def open_blob(self, name: str, e: BlobEntry, sealed: bytes) -> bytes:
-        what = f"{name} chunk {e.chunk_id.hex()[:16]}"
-        body = self.repo.open_sealed(Kind.BLOB, e.chunk_id, sealed, what)
-        if e.flags & FLAG_ZSTD:
-            try:
-                plain = _decompressor().decompress(body, max_output_size=e.raw_len)
-            except zstandard.ZstdError:
-                raise IntegrityError(f"{what} does not decompress") from None
-        else:
-            plain = body
-        if len(plain) != e.raw_len or self.repo.chunk_id(plain) != e.chunk_id:
+        what = f"{name} blob {e.chunk_id.hex()[:16]}"
+        btype = blob_type(e.flags)
+        if btype not in KIND_OF_TYPE or e.flags & ~KNOWN_FLAGS:
+            raise IntegrityError(f"{what}: unknown blob type or flags")
+        body = self.repo.open_sealed(KIND_OF_TYPE[btype], e.chunk_id, sealed, what)
+        comp = e.flags & COMP_MASK
+        try:
+            if comp == COMP_ZSTD:
+                plain = _decompressor(None).decompress(body, max_output_size=e.raw_len)
+            elif comp == COMP_ZSTD_DICT:
+                zdict = self._dictionary(zstandard.get_frame_parameters(body).dict_id, what)
+                plain = _decompressor(zdict).decompress(body, max_output_size=e.raw_len)
+            elif comp == COMP_NONE:
+                plain = body
+            else:
+                raise IntegrityError(f"{what}: unknown compression")
+        except zstandard.ZstdError:
+            raise IntegrityError(f"{what} does not decompress") from None
+        if len(plain) != e.raw_len or self.repo.blob_id(btype, plain) != e.chunk_id:
             raise IntegrityError(f"{what}: content does not match its id")
         return plain
 
-    def read(self, chunk_ids: Iterable[bytes]) -> Iterator[bytes]:
+    def _dictionary(self, dict_id: int, what: str) -> zstandard.ZstdCompressionDict:
+        """The dictionary a frame names, found among the repository's dictionary blobs (a
+        chunk may have been stored by another snapshot, with that snapshot's dictionary)."""
+        with self._dict_lock:
+            if dict_id not in self._dicts and not self._dicts_loaded:
+                ids = [cid for cid, loc in self.index.chunks.items()
+                       if blob_type(loc.entry.flags) == TYPE_DICT
+                       and loc.entry.raw_len <= MAX_DICT_BYTES]
+                for raw in self.read(ids):
+                    zdict = load_dictionary(raw)
+                    self._dicts[zdict.dict_id()] = zdict
+                self._dicts_loaded = True
+            try:
+                return self._dicts[dict_id]
+            except KeyError:
+                raise IntegrityError(f"{what}: its compression dictionary is missing") from None
+
+    def read(self, blob_ids: Iterable[bytes]) -> Iterator[bytes]:
         pending: deque[Future[list[bytes]]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="read") as pool:
             try:
-                for pack_id, entries in self._plan(chunk_ids):
+                for pack_id, entries in self._plan(blob_ids):
                     pending.append(pool.submit(self._fetch, pack_id, entries))
                     while len(pending) > self.read_ahead:
                         yield from pending.popleft().result()
@@ -249,3 +319,13 @@ class ChunkReader:
             finally:
                 for fut in pending:
                     fut.cancel()
+
+
+def _decompressor(zdict: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdDecompressor:
+    cache: dict[int, zstandard.ZstdDecompressor] = getattr(_tls, "dctx", None) or {}
+    _tls.dctx = cache
+    key = id(zdict) if zdict is not None else 0
+    dctx = cache.get(key)
+    if dctx is None:
+        dctx = cache[key] = zstandard.ZstdDecompressor(dict_data=zdict)
+    return dctx

@@ -34,8 +34,8 @@ from sellerbak.errors import (
 from sellerbak.storage.base import Store
 
 REPO_FORMAT = "sellerbak-repo/1"
-DEFAULT_CHUNK_TARGET = 32 * 1024
-DEFAULT_CHUNK_MAX = 256 * 1024
+DEFAULT_CHUNK_TARGET = 8 * 1024
+DEFAULT_CHUNK_MAX = 64 * 1024
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 MAX_CONFIG_BYTES = 64 * 1024
 
@@ -62,12 +62,14 @@ def lock_name(lock_id: bytes) -> str:
 def parse_hex_id(name: str, prefix: str) -> bytes | None:
     """The 32-byte id at the end of an object name, or None if the name is not one of ours."""
     tail = name.rsplit("/", 1)[-1]
-    if not name.startswith(prefix) or len(tail) != 64:
+    if not name.startswith(prefix) or len(tail) != 64 or tail.strip(_HEX):
         return None
-    try:
-        return bytes.fromhex(tail)
-    except ValueError:
+    if prefix == "data/" and name != f"data/{tail[:2]}/{tail}":
         return None
+    return bytes.fromhex(tail)
+
+
+_HEX = "0123456789abcdef"
 
 
 def _canonical(obj: Any) -> bytes:
@@ -157,7 +159,9 @@ class Repository:
                 keyring = kf.unwrap(secret)
             except WrongPassphraseError:
                 continue
-            if not hmac.compare_digest(config.get("mac", ""), _config_mac(keyring, config)):
+            mac = config.get("mac")
+            if not isinstance(mac, str) or not hmac.compare_digest(
+                    mac.encode("utf-8", "replace"), _config_mac(keyring, config).encode()):
                 raise FormatError("repository config was modified (its MAC does not verify)")
             return cls(store, config, keyring, kf.key_id)
         raise WrongPassphraseError("wrong passphrase (no key file opens with it)")
@@ -197,6 +201,19 @@ class Repository:
 
     def chunk_id(self, plaintext: bytes) -> bytes:
         return hmac.digest(self.id_key, plaintext, "sha256")
+
+    def blob_id(self, btype: int, plaintext: bytes) -> bytes:
+        """Keyed id of a blob: chunks are HMAC(K_id, plaintext); ref-lists and dictionaries
+        get a domain prefix so no two kinds of blob can ever share an id."""
+        if btype == 0:
+            return self.chunk_id(plaintext)
+        prefix = _BLOB_DOMAINS[btype]
+        mac = hmac.new(self.id_key, prefix, hashlib.sha256)
+        mac.update(plaintext)
+        return mac.digest()
+
+
+_BLOB_DOMAINS = {1: b"sellerbak/v1/reflist\x00", 2: b"sellerbak/v1/dict\x00"}
 
 
 def _config_mac(keyring: Keyring, config: dict[str, Any]) -> str:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sellerbak.errors import IntegrityError, SellerbakError, UsageError
+from sellerbak.records import parse_json
 from sellerbak.repository.check import verify_packs_present
+from sellerbak.repository.datasets import iter_chunk_refs, iter_chunks
 from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import DatasetEntry, Manifest
 from sellerbak.repository.packs import ChunkReader
@@ -58,9 +60,13 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
                              f"(it has: {', '.join(names)})")
         names = [n for n in names if n in datasets]
     index = index or Index.load(repo)
-    verify_packs_present(repo, index, {ref.chunk_id for name in names
-                                       for ref in manifest.datasets[name].chunks})
     reader = ChunkReader(repo, index)
+    needed: set[bytes] = set()
+    for name in names:
+        entry = manifest.datasets[name]
+        needed.update(r.blob_id for r in entry.reflist)
+        needed.update(ref.chunk_id for ref in iter_chunk_refs(reader, entry))
+    verify_packs_present(repo, index, needed)
     out = []
     for name in names:
         entry = manifest.datasets[name]
@@ -77,11 +83,7 @@ def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: s
     records = 0
     try:
         with _open_new(tmp) as fh:
-            for ref, plain in zip(entry.chunks, reader.read(r.chunk_id for r in entry.chunks),
-                                  strict=True):
-                if plain.count(b"\n") != ref.records:
-                    raise IntegrityError(f"dataset {entry.name}: a chunk holds a different "
-                                         "number of records than the manifest says")
+            for ref, plain in iter_chunks(reader, entry):
                 hasher.update(plain)
                 records += ref.records
                 if fmt == "jsonl":
@@ -113,9 +115,9 @@ def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path) -> None:
     columns: list[str] = list(entry.meta.get("columns") or [])
     seen = set(columns)
     extra: set[str] = set()
-    for plain in reader.read(r.chunk_id for r in entry.chunks):
+    for _ref, plain in iter_chunks(reader, entry):
         for line in plain.splitlines():
-            extra.update(k for k in json.loads(line) if k not in seen)
+            extra.update(k for k in parse_json(line) if k not in seen)
     columns += sorted(extra)
     with _open_new(tmp, truncate=True) as raw:
         import io
@@ -123,9 +125,9 @@ def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path) -> None:
         fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.writer(fh)
         writer.writerow(columns)
-        for plain in reader.read(r.chunk_id for r in entry.chunks):
+        for _ref, plain in iter_chunks(reader, entry):
             for line in plain.splitlines():
-                rec = json.loads(line)
+                rec = parse_json(line)
                 writer.writerow([_cell(rec.get(c)) for c in columns])
         fh.flush()
         os.fsync(raw.fileno())
