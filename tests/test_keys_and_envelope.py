@@ -90,7 +90,7 @@ def test_new_keys_respect_owasp_floor() -> None:
     with pytest.raises(ValueError):
         KdfParams("argon2id", b"s" * 32, m_kib=8192, t=1, p=1).check_floor()
     p = kdf.new_params(os.urandom(32))
-    assert (p.alg, p.m_kib, p.t, p.p) == ("argon2id", 262144, 3, 4)
+    assert (p.alg, p.m_kib, p.t, p.p) == ("argon2id", 65536, 4, 4)
 
 
 def test_unknown_key_file_members_are_refused() -> None:

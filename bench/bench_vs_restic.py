@@ -1,0 +1,234 @@
+"""sellerbak side by side with restic, on the same data, to the same SeaweedFS server.
+
+    python bench/bench_vs_restic.py --orders 200000 --scales 20000,200000,1000000
+
+What it does, in one run:
+1. Exports the demo shop (`DemoSource(seed=1, orders=N)`) at night 0 and night 1 as canonical
+   JSONL files, one file per dataset: the same files both tools back up.
+2. Starts a SeaweedFS S3 server on loopback (tests/seaweed.py) and gives each tool its own
+   prefix in one bucket.
+3. Night 0: `sellerbak snapshot` (a `files` source over the data directory) and
+   `restic backup` of the same directory: wall time, peak RSS, bytes stored.
+4. Night 1: the files are replaced by the night-1 export (1 % of orders changed, 0.5 % new,
+   about 2 % of products repriced, new statements and transactions) and both back up again:
+   bytes each adds (measured in the bucket, so packs, indexes and manifests all count).
+5. Both restore the latest snapshot: wall time and peak RSS; sellerbak's output is compared
+   with the input byte for byte.
+6. For each of --scales: a fresh sellerbak snapshot of that shop size, peak RSS (to show that
+   memory does not grow with the shop).
+
+Peak RSS is the child process's `ru_maxrss` from wait4(2). Results go to stdout as Markdown and
+to --json-out as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from seaweed import SeaweedServer  # noqa: E402
+
+from sellerbak.backup.exporters.demo import DemoSource  # noqa: E402
+from sellerbak.records import encode_records, sort_records  # noqa: E402
+
+BUCKET = "bench"
+PASSWORD = "benchmark passphrase"
+
+
+def export_demo(orders: int, night: int, target: Path) -> int:
+    """Write the demo shop at `night` as canonical, id-sorted JSONL files; returns bytes."""
+    if target.exists():
+        shutil.rmtree(target)
+    total = 0
+    for export in DemoSource("bench", seed=1, orders=orders, night=night).export({}, True):
+        path = target / f"{export.name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            for _key, line in sort_records(encode_records(export.records, export.name),
+                                           export.name):
+                fh.write(line)
+                total += len(line)
+    return total
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run a command; wall seconds and peak RSS (MiB) of the child."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{argv[:3]} exited {code}: {err.strip()[-2000:]}")
+    return {"seconds": round(wall, 2), "rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "stdout": out}
+
+
+def prefix_bytes(server: SeaweedServer, prefix: str) -> int:
+    client = server.client()
+    total = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
+                                                                 Prefix=prefix + "/"):
+        total += sum(o["Size"] for o in page.get("Contents", ()))
+    return total
+
+
+class Tools:
+    def __init__(self, work: Path, server: SeaweedServer) -> None:
+        self.work = work
+        self.server = server
+        self.env = dict(os.environ, AWS_ACCESS_KEY_ID=server.access_key,
+                        AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_DEFAULT_REGION="us-east-1",
+                        SELLERBAK_PASSPHRASE=PASSWORD, RESTIC_PASSWORD=PASSWORD,
+                        RESTIC_CACHE_DIR=str(work / "restic-cache"))
+        self.sellerbak = [sys.executable, "-m", "sellerbak"]
+
+    def sellerbak_config(self, name: str, data: Path) -> Path:
+        cfg = self.work / f"{name}.yaml"
+        cfg.write_text(json.dumps({
+            "repository": {"url": f"s3://{BUCKET}/{name}", "endpoint_url":
+                           self.server.endpoint_url, "region": "us-east-1"},
+            "state_dir": str(self.work / "state"),
+            "sources": [{"name": "shop", "type": "files", "path": str(data)}],
+        }))
+        run([*self.sellerbak, "-c", str(cfg), "init"], self.env, self.work)
+        return cfg
+
+    def sb(self, cfg: Path, *args: str) -> dict[str, Any]:
+        return run([*self.sellerbak, "-q", "-c", str(cfg), *args], self.env, self.work)
+
+    def restic(self, name: str, *args: str) -> dict[str, Any]:
+        repo = f"s3:{self.server.endpoint_url}/{BUCKET}/{name}"
+        return run(["restic", "-q", "-r", repo, "-o", "s3.bucket-lookup=path", *args],
+                   self.env, self.work)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--orders", type=int, default=200_000)
+    ap.add_argument("--scales", default="20000,200000,1000000",
+                    help="shop sizes (orders) for the memory-scaling runs; empty to skip")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args()
+
+    work = args.work.resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    data = work / "data"
+    results: dict[str, Any] = {"orders": args.orders}
+
+    t = time.perf_counter()
+    results["data_bytes_night0"] = export_demo(args.orders, 0, data)
+    results["export_seconds"] = round(time.perf_counter() - t, 1)
+
+    with SeaweedServer(work / "seaweed") as server:
+        server.client().create_bucket(Bucket=BUCKET)
+        tools = Tools(work, server)
+        cfg = tools.sellerbak_config("sellerbak", data)
+        tools.restic("restic", "init")
+
+        sb0 = tools.sb(cfg, "snapshot")
+        sb0_bytes = prefix_bytes(server, "sellerbak")
+        rs0 = tools.restic("restic", "backup", "data")
+        rs0_bytes = prefix_bytes(server, "restic")
+        results["night0"] = {"sellerbak": {**_strip(sb0), "stored_bytes": sb0_bytes},
+                             "restic": {**_strip(rs0), "stored_bytes": rs0_bytes}}
+
+        results["data_bytes_night1"] = export_demo(args.orders, 1, data)
+        sb1 = tools.sb(cfg, "snapshot")
+        rs1 = tools.restic("restic", "backup", "data")
+        results["night1"] = {
+            "sellerbak": {**_strip(sb1), "added_bytes": prefix_bytes(server, "sellerbak")
+                          - sb0_bytes},
+            "restic": {**_strip(rs1), "added_bytes": prefix_bytes(server, "restic")
+                       - rs0_bytes}}
+
+        sb_out, rs_out = work / "restore-sellerbak", work / "restore-restic"
+        sbr = tools.sb(cfg, "restore", "latest", "--target", str(sb_out))
+        rsr = tools.restic("restic", "restore", "latest", "--target", str(rs_out))
+        identical = all(
+            (sb_out / p.relative_to(data)).read_bytes() == p.read_bytes()
+            for p in data.rglob("*.jsonl"))
+        results["restore"] = {"sellerbak": {**_strip(sbr), "identical_to_input": identical},
+                              "restic": _strip(rsr)}
+        shutil.rmtree(sb_out)
+        shutil.rmtree(rs_out)
+
+        scaling = []
+        for n in [int(x) for x in args.scales.split(",") if x.strip()]:
+            scale_data = work / f"data-{n}"
+            size = export_demo(n, 0, scale_data)
+            scfg = tools.sellerbak_config(f"scale-{n}", scale_data)
+            snap = tools.sb(scfg, "snapshot")
+            rest = tools.restic(f"restic-scale-{n}", "init")
+            rest = tools.restic(f"restic-scale-{n}", "backup", str(scale_data.name))
+            scaling.append({"orders": n, "data_bytes": size,
+                            "sellerbak": _strip(snap), "restic": _strip(rest)})
+            shutil.rmtree(scale_data)
+        results["scaling"] = scaling
+
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=1))
+    print(markdown(results))
+
+
+def _strip(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k != "stdout"}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    n0, n1, rs = r["night0"], r["night1"], r["restore"]
+    mb = 1024 * 1024
+    lines = [
+        f"Demo shop, {r['orders']:,} orders: {r['data_bytes_night0'] / mb:.1f} MiB of JSONL "
+        f"(night 0), {r['data_bytes_night1'] / mb:.1f} MiB (night 1).",
+        "",
+        "| step | sellerbak | restic | ratio |",
+        "|---|---|---|---|",
+        _row("night 0 snapshot, wall s", n0["sellerbak"]["seconds"], n0["restic"]["seconds"]),
+        _row("night 0 snapshot, peak RSS MiB", n0["sellerbak"]["rss_mib"],
+             n0["restic"]["rss_mib"]),
+        _row("night 0 stored, MiB", n0["sellerbak"]["stored_bytes"] / mb,
+             n0["restic"]["stored_bytes"] / mb),
+        _row("night 1 snapshot, wall s", n1["sellerbak"]["seconds"], n1["restic"]["seconds"]),
+        _row("night 1 added, MiB", n1["sellerbak"]["added_bytes"] / mb,
+             n1["restic"]["added_bytes"] / mb),
+        _row("restore latest, wall s", rs["sellerbak"]["seconds"], rs["restic"]["seconds"]),
+        _row("restore latest, peak RSS MiB", rs["sellerbak"]["rss_mib"],
+             rs["restic"]["rss_mib"]),
+        "",
+        f"sellerbak's restore is byte-identical to the input: "
+        f"{rs['sellerbak']['identical_to_input']}",
+    ]
+    if r.get("scaling"):
+        lines += ["", "| orders | JSONL MiB | sellerbak snapshot s | sellerbak peak RSS MiB | "
+                  "restic backup s | restic peak RSS MiB |", "|---|---|---|---|---|---|"]
+        for s in r["scaling"]:
+            lines.append(f"| {s['orders']:,} | {s['data_bytes'] / mb:.0f} | "
+                         f"{s['sellerbak']['seconds']} | {s['sellerbak']['rss_mib']} | "
+                         f"{s['restic']['seconds']} | {s['restic']['rss_mib']} |")
+    return "\n".join(lines)
+
+
+def _row(label: str, a: float, b: float) -> str:
+    return f"| {label} | {a:.2f} | {b:.2f} | {a / b:.2f} |"
+
+
+if __name__ == "__main__":
+    main()
