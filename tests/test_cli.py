@@ -212,3 +212,50 @@ def test_kill_9_mid_snapshot_leaves_no_snapshot_and_next_run_reuses(tmp_path: Pa
     assert snap["bytes_added"] == all_packs - sum(first_packs.values())
     _ok(run_cli("-c", str(cfg), "restore", "latest", "--target", str(tmp_path / "out")))
     assert (tmp_path / "out/orders.jsonl").read_bytes().count(b"\n") == 60_000
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damaged_pack_gives_one_error_line_and_nonzero_exit(cfg: Path, tmp_path: Path,
+                                                            damage: str) -> None:
+    _ok(run_cli("-c", str(cfg), "init"))
+    _ok(run_cli("-c", str(cfg), "snapshot"))
+    (pack,) = list((tmp_path / "repo" / "data").glob("*/*"))
+    data = bytearray(pack.read_bytes())
+    pack.chmod(0o600)
+    if damage == "flip":
+        data[len(data) // 2] ^= 1
+        pack.write_bytes(bytes(data))
+    elif damage == "truncate":
+        pack.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        pack.unlink()
+    checked = run_cli("-c", str(cfg), "check", "--read-data")
+    assert checked.returncode == 1 and "error:" in checked.stderr
+    restored = run_cli("-c", str(cfg), "restore", "latest", "--target", str(tmp_path / "out"))
+    assert restored.returncode == 1
+    lines = restored.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    out = tmp_path / "out"
+    assert not out.exists() or not list(out.rglob("*.jsonl"))
+
+
+def test_no_secrets_or_customer_data_in_output_even_at_debug(cfg: Path, tmp_path: Path) -> None:
+    """Every command of this issue, with -v: no passphrase, no email, in anything printed."""
+    secret = "S3cr3t-Passphrase-Never-Printed"
+    env = cli_env(SELLERBAK_PASSPHRASE=secret, SELLERBAK_NEW_PASSPHRASE="An0ther-Secret")
+    outputs = []
+    for args in (["init"], ["snapshot"], ["snapshots"], ["--json", "snapshots"],
+                 ["restore", "latest", "--target", str(tmp_path / "o")], ["check", "--read-data"],
+                 ["key", "add"], ["key", "list"], ["unlock"],
+                 ["snapshots"]):
+        proc = run_cli("-v", "-c", str(cfg), *args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout + proc.stderr)
+    wrong = run_cli("-v", "-c", str(cfg), "snapshots", env=cli_env(SELLERBAK_PASSPHRASE="Wr0ng"))
+    outputs.append(wrong.stdout + wrong.stderr)
+    text = "\n".join(outputs)
+    for needle in (secret, "An0ther-Secret", "Wr0ng", "@shop.example", "b17@"):
+        assert needle not in text
+    stored = b"".join(p.read_bytes() + str(p).encode()
+                      for p in (tmp_path / "repo").rglob("*") if p.is_file())
+    assert b"@shop.example" not in stored and secret.encode() not in stored

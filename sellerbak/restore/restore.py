@@ -1,9 +1,10 @@
 """Restore a snapshot's datasets to files, verified end to end before they get their real name.
 
-Each dataset is written to a temporary file beside its target, checked against the manifest
+Every dataset is written into a staging folder inside the target, checked against the manifest
 (record count and SHA-256 of the canonical bytes; every chunk is also authenticated and its keyed
-id recomputed on the way), fsynced, and only then renamed into place. A failed or interrupted
-restore never leaves a file that looks complete. Files are created 0600, directories 0700.
+id recomputed on the way) and fsynced; only when all of them verified are they renamed into
+place. A failed or interrupted restore leaves no dataset file behind, complete-looking or not.
+Files are created 0600, directories 0700.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import errno
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +70,24 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
         needed.update(r.blob_id for r in entry.reflist)
         needed.update(ref.chunk_id for ref in iter_chunk_refs(reader, entry))
     verify_packs_present(repo, index, needed)
-    out = []
-    for name in names:
-        entry = manifest.datasets[name]
-        out.append(restore_dataset(reader, entry, dataset_path(target, name, fmt), fmt,
-                                   on_records))
-    return out
+    # all or nothing: every dataset is written and verified in a staging folder inside the
+    # target, and only then moved to its final name
+    _mkdirs(target)
+    staging = Path(tempfile.mkdtemp(prefix=".sellerbak-restore-", dir=target))
+    try:
+        staged = [restore_dataset(reader, manifest.datasets[name],
+                                  dataset_path(staging, name, fmt), fmt, on_records)
+                  for name in names]
+        out = []
+        for done in staged:
+            final = dataset_path(target, done.name, fmt)
+            _mkdirs(final.parent)
+            os.replace(done.path, final)
+            out.append(RestoredDataset(done.name, final, done.records, done.bytes,
+                                       done.sha256))
+        return out
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: str,
