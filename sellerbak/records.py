@@ -1,12 +1,13 @@
 """Canonical record encoding and sorted, bounded-memory record streams.
 
 Canonical form of a record (docs/FORMAT.md): UTF-8 JSON with sorted keys, no insignificant
-spaces, non-ASCII characters as themselves, one record per line ending in "\\n", as orjson writes
-it with OPT_SORT_KEYS (numbers in their shortest round-trip form). Records orjson cannot encode
-(integers beyond 64 bits, lone surrogates) fall back to the standard library's encoder with the
-same settings. A dataset is its records' lines sorted by `str(id)` (code-point order, which is
-also UTF-8 byte order), ids unique. orjson is used because encoding and parsing every record is
-the hot loop of a snapshot: it is two to three times faster than the standard library.
+spaces, non-ASCII characters as themselves, one record per line ending in "\\n", as orjson
+writes it with OPT_SORT_KEYS (numbers in their shortest round-trip form). Records orjson cannot
+encode (integers beyond 64 bits, nesting deeper than 255 levels) fall back to the standard
+library's encoder with the same settings. A dataset is its records' lines sorted by `str(id)`
+(code-point order, which is also UTF-8 byte order), ids unique. orjson is used because encoding
+and parsing every record is the hot loop of a snapshot: it is two to three times faster than
+the standard library.
 
 Sources may yield records in any order, so `sort_records` does an external merge sort: runs of
 at most `run_bytes` are sorted in memory and spilled to temporary files, then merged. Memory stays

@@ -271,3 +271,32 @@ def test_config_mac_of_wrong_type_is_a_format_error(tmp_path: Path) -> None:
         _replace(store, "config", json.dumps(cfg).encode())
         with pytest.raises(FormatError, match="modified"):
             open_repo(store)
+
+
+def test_changes_and_deletions_past_the_old_end_and_on_an_empty_dataset(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "repo")
+    init_repo(store)
+    SnapshotRun(open_repo(store)).run(ListSource("shop", {"a": [{"id": "k100"}], "b": []}), [])
+    changes = {"a": ([{"id": "k900", "v": 1}, {"id": "k950"}], ["k900"]),
+               "b": ([{"id": "x1"}, {"id": "x2"}], ["x2"])}
+    result = SnapshotRun(open_repo(store)).run(
+        ListSource("shop", {"a": [], "b": []}, changes=changes), [])
+    restore_snapshot(open_repo(store), result.manifest, tmp_path / "out")
+    assert restored_records(tmp_path / "out/a.jsonl") == [{"id": "k100"}, {"id": "k950"}]
+    assert restored_records(tmp_path / "out/b.jsonl") == [{"id": "x1"}]
+
+
+def test_a_reference_is_never_answered_by_a_blob_of_another_type(tmp_path: Path) -> None:
+    from sellerbak.repository.format import TYPE_REFLIST
+    from sellerbak.repository.index import Index
+    from sellerbak.repository.packs import ChunkReader
+
+    store = LocalStore(tmp_path / "repo")
+    init_repo(store)
+    m = SnapshotRun(open_repo(store)).run(ListSource("s", {"o": make_orders(50)}), []).manifest
+    repo = open_repo(store)
+    reader = ChunkReader(repo, Index.load(repo))
+    reflist_id = m.datasets["o"].reflist[0].blob_id
+    assert list(reader.read([reflist_id], TYPE_REFLIST))
+    with pytest.raises(IntegrityError, match="type"):
+        list(reader.read([reflist_id]))

@@ -290,7 +290,7 @@ class SnapshotRun:
         if base is not None and base.dict_id is not None:
             if base.dict_id not in self._dicts:
                 try:
-                    (raw,) = list(self.reader.read([base.dict_id]))
+                    (raw,) = list(self.reader.read([base.dict_id], TYPE_DICT))
                     self._dicts[base.dict_id] = load_dictionary(raw)
                 except (IntegrityError, ValueError, ZstdError):
                     return None, None, lines  # dictionary gone: store without one
@@ -299,9 +299,13 @@ class SnapshotRun:
         lines = itertools.chain(head, lines)
         if len(head) < DICT_MIN_RECORDS or sum(len(x[1]) for x in head) < DICT_MIN_BYTES:
             return None, None, lines
+        taken = self.reader.dictionary_ids()
+        dict_id = secrets.randbelow(2**31 - 2**15) + 2**15
+        while dict_id in taken:
+            dict_id = secrets.randbelow(2**31 - 2**15) + 2**15
         try:
             zdict = train_dictionary(DICT_SIZE, [x[1] for x in head], level=ZSTD_LEVEL,
-                                     dict_id=secrets.randbelow(2**31 - 2**15) + 2**15)
+                                     dict_id=dict_id)
         except ZstdError:
             return None, None, lines
         raw = zdict.as_bytes()
@@ -338,6 +342,8 @@ class SnapshotRun:
                 continue
             for key, line in merge_changes(_chunk_lines(plain, export.name), iter(mine), dels):
                 builder.feed(key, line)
+        tail_deleted = set(deleted[di:])
         while pending is not None:
-            builder.feed(*pending)
+            if pending[0] not in tail_deleted:
+                builder.feed(*pending)
             pending = next(changes, None)

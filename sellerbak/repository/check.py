@@ -39,8 +39,7 @@ def check_repository(repo: Repository, read_data: bool = False,
                      on_pack: Callable[[int], None] | None = None) -> CheckReport:
     report = CheckReport()
     index = Index.load(repo)
-    stored = {pid: info.size for info in repo.store.list("data/")
-              if (pid := parse_hex_id(info.name, "data/")) is not None}
+    stored = pack_sizes(repo)
     referenced: set[bytes] = set()
     reader = ChunkReader(repo, index)
     for sid in list_snapshot_ids(repo):
@@ -83,21 +82,10 @@ def check_repository(repo: Repository, read_data: bool = False,
     return report
 
 
-def verify_packs_present(repo: Repository, index: Index, chunk_ids: set[bytes]) -> None:
-    """Before a restore writes anything: every pack it needs exists with its indexed size.
-
-    One listing catches missing, truncated and replaced packs up front, so a restore fails in
-    seconds with the reason instead of part-way through."""
-    from sellerbak.errors import IntegrityError
-
-    stored = {pid: info.size for info in repo.store.list("data/")
-              if (pid := parse_hex_id(info.name, "data/")) is not None}
-    for pid in sorted({index.locate(c).pack_id for c in chunk_ids}):
-        if pid not in stored:
-            raise IntegrityError(f"{pack_name(pid)} is missing from the repository")
-        if stored[pid] != index.packs[pid].size:
-            raise IntegrityError(f"{pack_name(pid)} has size {stored[pid]}, the index says "
-                                 f"{index.packs[pid].size} (truncated or replaced)")
+def pack_sizes(repo: Repository) -> dict[bytes, int]:
+    """Every stored pack and its size, from one listing."""
+    return {pid: info.size for info in repo.store.list("data/")
+            if (pid := parse_hex_id(info.name, "data/")) is not None}
 
 
 def _read_all(repo: Repository, index: Index, packs: list[PackRecord], report: CheckReport,
@@ -114,8 +102,12 @@ def _read_all(repo: Repository, index: Index, packs: list[PackRecord], report: C
             data = repo.store.get(name)
             if len(data) != pack.size:
                 return f"{name}: pack is truncated"
+            groups: dict[int, bytes] = {}
             for e in pack.blobs:
-                reader.open_blob(name, e, data[e.offset:e.offset + e.length])
+                if e.offset not in groups:
+                    groups[e.offset] = reader.open_group(name, pack.pack_id, e,
+                                                         data[e.offset:e.offset + e.length])
+                reader.check_blob(name, e, groups[e.offset])
         except SellerbakError as exc:
             return str(exc)
         finally:

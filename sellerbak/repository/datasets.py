@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterator
 
 from sellerbak.errors import IntegrityError
+from sellerbak.repository.format import TYPE_REFLIST
 from sellerbak.repository.manifest import ChunkRef, DatasetEntry, parse_reflist
 from sellerbak.repository.packs import ChunkReader
 
@@ -13,7 +14,8 @@ from sellerbak.repository.packs import ChunkReader
 def iter_chunk_refs(reader: ChunkReader, entry: DatasetEntry) -> Iterator[ChunkRef]:
     """The dataset's chunk references in order, streamed from its ref-list blobs."""
     prev_last: str | None = None
-    for rref, plain in zip(entry.reflist, reader.read(r.blob_id for r in entry.reflist),
+    for rref, plain in zip(entry.reflist,
+                           reader.read((r.blob_id for r in entry.reflist), TYPE_REFLIST),
                            strict=True):
         for ref in parse_reflist(plain, rref, f"dataset {entry.name}"):
             if prev_last is not None and ref.first_key <= prev_last:

@@ -34,7 +34,8 @@ TYPE_DICT = 2  # a zstd dictionary trained on a dataset
 def blob_type(flags: int) -> int:
     return (flags >> TYPE_SHIFT) & 0x03
 
-_ENTRY = struct.Struct(">32sIIIB")  # chunk id, offset, length, raw length, flags
+# chunk id, group offset, group length, offset in the group's plaintext, raw length, flags
+_ENTRY = struct.Struct(">32sIIIIB")
 _TRAILER = struct.Struct(">I4s")  # length of the sealed header, magic
 TRAILER_LEN = _TRAILER.size
 MAX_PACK_HEADER = 64 * 1024 * 1024
@@ -43,11 +44,17 @@ MAX_DECOMPRESSED = 1 << 30
 
 @dataclass(frozen=True, slots=True)
 class BlobEntry:
-    """Where one encrypted chunk lives inside a pack."""
+    """Where one blob (chunk, ref-list or dictionary) lives inside a pack.
+
+    Blobs are stored in groups: a run of blobs of one type (and one dictionary) compressed and
+    sealed together as one message, so per-message costs are paid per group, not per 8 KiB
+    chunk. `offset`/`length` locate the sealed group in the pack; `raw_offset`/`raw_len` locate
+    this blob in the group's plaintext."""
 
     chunk_id: bytes
     offset: int
     length: int
+    raw_offset: int
     raw_len: int
     flags: int
 
@@ -62,8 +69,8 @@ class PackRecord:
 
 
 def encode_entries(entries: list[BlobEntry] | tuple[BlobEntry, ...]) -> bytes:
-    return b"".join(_ENTRY.pack(e.chunk_id, e.offset, e.length, e.raw_len, e.flags)
-                    for e in entries)
+    return b"".join(_ENTRY.pack(e.chunk_id, e.offset, e.length, e.raw_offset, e.raw_len,
+                                e.flags) for e in entries)
 
 
 def _decode_entries(buf: bytes, pos: int, count: int, what: str) -> tuple[list[BlobEntry], int]:
@@ -90,9 +97,12 @@ def decode_pack_header(plain: bytes, pack_size: int, header_start: int,
     entries, end = _decode_entries(plain, 9, count, what)
     if end != len(plain):
         raise FormatError(f"{what}: trailing bytes in pack header")
+    groups: dict[int, tuple[int, int]] = {}
     for e in entries:
         if e.offset + e.length > header_start:
             raise FormatError(f"{what}: a blob extends past the pack's data area")
+        if groups.setdefault(e.offset, (e.length, e.flags)) != (e.length, e.flags):
+            raise FormatError(f"{what}: blobs of one group disagree on its length or flags")
     return entries
 
 

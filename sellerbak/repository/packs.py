@@ -82,10 +82,13 @@ class WriteStats:
 
 
 _Item = tuple[bytes, int, bytes, "zstandard.ZstdCompressionDict | None"]
+#: a group is a run of blobs of one type and dictionary, compressed and sealed as one message
+GROUP_RAW = 128 * 1024
 
 
 class PackWriter:
-    """Accepts new blobs; uploads them in packs; writes index objects for uploaded packs."""
+    """Accepts new blobs; seals them in groups; uploads them in packs; writes index objects for
+    uploaded packs."""
 
     def __init__(self, repo: Repository, index: Index, workers: int = 2,
                  upload_workers: int = 3, max_pending_batches: int = 8,
@@ -95,9 +98,11 @@ class PackWriter:
         self.stats = WriteStats()
         self._seal_pool = ThreadPoolExecutor(workers, thread_name_prefix="seal")
         self._upload_pool = ThreadPoolExecutor(upload_workers, thread_name_prefix="upload")
-        self._batch: list[_Item] = []
+        self._groups: dict[tuple[int, int], list[_Item]] = {}
+        self._group_raw: dict[tuple[int, int], int] = {}
+        self._batch: list[list[_Item]] = []
         self._batch_bytes = 0
-        self._sealing: deque[Future[list[tuple[BlobEntry, bytes]]]] = deque()
+        self._sealing: deque[Future[list[tuple[list[BlobEntry], bytes]]]] = deque()
         self._uploads: deque[Future[PackRecord]] = deque()
         self._max_pending = max_pending_batches
         self._max_uploads = upload_workers + 1
@@ -126,11 +131,18 @@ class PackWriter:
         if btype == TYPE_CHUNK:
             self.stats.chunks_new += 1
         self.stats.bytes_raw_new += len(plaintext)
-        self._batch.append((blob_id, btype, plaintext, zdict))
-        self._batch_bytes += len(plaintext)
-        if len(self._batch) >= BATCH_BLOBS or self._batch_bytes >= BATCH_BYTES:
-            self._submit_batch()
+        key = (btype, id(zdict) if zdict is not None else 0)
+        if key in self._groups and self._group_raw[key] + len(plaintext) > GROUP_RAW:
+            self._close_group(key)
+        self._groups.setdefault(key, []).append((blob_id, btype, plaintext, zdict))
+        self._group_raw[key] = self._group_raw.get(key, 0) + len(plaintext)
         return True
+
+    def _close_group(self, key: tuple[int, int]) -> None:
+        self._batch.append(self._groups.pop(key))
+        self._batch_bytes += self._group_raw.pop(key)
+        if self._batch_bytes >= BATCH_BYTES:
+            self._submit_batch()
 
     def _submit_batch(self) -> None:
         if not self._batch:
@@ -140,23 +152,30 @@ class PackWriter:
         while len(self._sealing) > self._max_pending:
             self._collect_one()
 
-    def _seal_batch(self, batch: list[_Item]) -> list[tuple[BlobEntry, bytes]]:
+    def _seal_batch(self, batch: list[list[_Item]]) -> list[tuple[list[BlobEntry], bytes]]:
         out = []
-        for blob_id, btype, plaintext, zdict in batch:
+        for items in batch:
+            btype, zdict = items[0][1], items[0][3]
+            plaintext = b"".join(item[2] for item in items)
             body = _compressor(zdict).compress(plaintext)
             comp = COMP_ZSTD_DICT if zdict is not None else COMP_ZSTD
             if len(body) >= len(plaintext):
                 body, comp = plaintext, COMP_NONE
-            sealed = self.repo.seal(KIND_OF_TYPE[btype], blob_id, body)
-            entry = BlobEntry(blob_id, 0, len(sealed), len(plaintext),
-                              comp | (btype << TYPE_SHIFT))
-            out.append((entry, sealed))
+            # a group is sealed under the id of its first blob (see docs/FORMAT.md)
+            sealed = self.repo.seal(KIND_OF_TYPE[btype], items[0][0], body)
+            flags = comp | (btype << TYPE_SHIFT)
+            entries, raw_offset = [], 0
+            for blob_id, _t, plain, _d in items:
+                entries.append(BlobEntry(blob_id, 0, len(sealed), raw_offset, len(plain), flags))
+                raw_offset += len(plain)
+            out.append((entries, sealed))
         return out
 
     def _collect_one(self) -> None:
-        for entry, sealed in self._sealing.popleft().result():
-            self._entries.append(BlobEntry(entry.chunk_id, self._size, entry.length,
-                                           entry.raw_len, entry.flags))
+        for entries, sealed in self._sealing.popleft().result():
+            for e in entries:
+                self._entries.append(BlobEntry(e.chunk_id, self._size, e.length, e.raw_offset,
+                                               e.raw_len, e.flags))
             self._blobs.append(sealed)
             self._size += len(sealed)
             if self._size >= self.repo.pack_size:
@@ -199,6 +218,8 @@ class PackWriter:
 
     def flush(self) -> None:
         """Upload everything pending and index it; after this, every added blob is stored."""
+        for key in list(self._groups):
+            self._close_group(key)
         self._submit_batch()
         while self._sealing:
             self._collect_one()
@@ -223,14 +244,17 @@ class ChunkReader:
     MAX_GAP = 256 * 1024
 
     def __init__(self, repo: Repository, index: Index, workers: int = 4,
-                 read_ahead: int = 4) -> None:
+                 read_ahead: int = 6) -> None:
         self.repo = repo
         self.index = index
         self.workers = workers
         self.read_ahead = read_ahead
-        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._dicts: dict[int, list[zstandard.ZstdCompressionDict]] = {}
         self._dicts_loaded = False
-        self._dict_lock = threading.Lock()
+        self._dict_lock = threading.RLock()
+        self._layout_lock = threading.Lock()
+        self._layouts: dict[bytes, dict[int, tuple[bytes, int]]] = {}
+        self._sizes: dict[bytes, int] | None = None
 
     def _plan(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, list[BlobEntry]]]:
         """Group consecutive blobs stored near each other in one pack into one request."""
@@ -241,10 +265,12 @@ class ChunkReader:
             loc = self.index.locate(cid)
             e = loc.entry
             if group and loc.pack_id == group_pack:
-                end = group[-1].offset + group[-1].length
-                gap_ok = e.offset >= end and e.offset - end <= self.MAX_GAP
+                last = group[-1]
+                end = last.offset + last.length
+                same_group = e.offset == last.offset
+                gap_ok = same_group or (e.offset >= end and e.offset - end <= self.MAX_GAP)
                 if (gap_ok and e.offset + e.length - group[0].offset <= self.MAX_REQUEST
-                        and raw + e.raw_len <= self.MAX_REQUEST_RAW):
+                        and raw + e.raw_len <= self.MAX_REQUEST_RAW) or same_group:
                     group.append(e)
                     raw += e.raw_len
                     continue
@@ -256,61 +282,139 @@ class ChunkReader:
             assert group_pack is not None
             yield group_pack, group
 
+    def expect_sizes(self, sizes: dict[bytes, int]) -> None:
+        """Check each pack against this listing (name -> size) before reading from it."""
+        self._sizes = sizes
+
+    def _check_size(self, pack_id: bytes, name: str) -> None:
+        if self._sizes is None:
+            return
+        stored = self._sizes.get(pack_id)
+        if stored is None:
+            raise IntegrityError(f"{name} is missing from the repository")
+        if stored != self.index.packs[pack_id].size:
+            raise IntegrityError(f"{name} has size {stored}, the index says "
+                                 f"{self.index.packs[pack_id].size} (truncated or replaced)")
+
     def _fetch(self, pack_id: bytes, entries: list[BlobEntry]) -> list[bytes]:
         name = pack_name(pack_id)
+        self._check_size(pack_id, name)
         start = entries[0].offset
-        end = entries[-1].offset + entries[-1].length
+        end = max(e.offset + e.length for e in entries)
         data = self.repo.store.get_range(name, start, end - start)
         if len(data) != end - start:
             raise IntegrityError(f"{name}: pack is truncated")
-        return [self.open_blob(name, e, data[e.offset - start: e.offset - start + e.length])
-                for e in entries]
+        groups: dict[int, bytes] = {}
+        out = []
+        for e in entries:
+            plain = groups.get(e.offset)
+            if plain is None:
+                plain = groups[e.offset] = self.open_group(
+                    name, pack_id, e, data[e.offset - start: e.offset - start + e.length])
+            out.append(self.check_blob(name, e, plain))
+        return out
 
-    def open_blob(self, name: str, e: BlobEntry, sealed: bytes) -> bytes:
-        what = f"{name} blob {e.chunk_id.hex()[:16]}"
+    def group_layout(self, pack_id: bytes) -> dict[int, tuple[bytes, int]]:
+        """Per group offset in a pack: the id of its first blob (the group's sealing id) and
+        the size of its plaintext."""
+        with self._layout_lock:
+            layout = self._layouts.get(pack_id)
+            if layout is None:
+                layout = {}
+                for e in self.index.packs[pack_id].blobs:
+                    first, size = layout.get(e.offset, (b"", 0))
+                    if e.raw_offset == 0:
+                        first = e.chunk_id
+                    layout[e.offset] = (first, max(size, e.raw_offset + e.raw_len))
+                self._layouts[pack_id] = layout
+            return layout
+
+    def open_group(self, name: str, pack_id: bytes, e: BlobEntry, sealed: bytes) -> bytes:
+        """Authenticate and decompress one sealed group."""
+        what = f"{name} group at {e.offset}"
         btype = blob_type(e.flags)
         if btype not in KIND_OF_TYPE or e.flags & ~KNOWN_FLAGS:
             raise IntegrityError(f"{what}: unknown blob type or flags")
-        body = self.repo.open_sealed(KIND_OF_TYPE[btype], e.chunk_id, sealed, what)
+        first, size = self.group_layout(pack_id).get(e.offset, (b"", 0))
+        if not first:
+            raise IntegrityError(f"{what}: the index lists no first blob for it")
+        body = self.repo.open_sealed(KIND_OF_TYPE[btype], first, sealed, what)
         comp = e.flags & COMP_MASK
         try:
             if comp == COMP_ZSTD:
-                plain = _decompressor(None).decompress(body, max_output_size=e.raw_len)
+                plain = _decompressor(None).decompress(body, max_output_size=size)
             elif comp == COMP_ZSTD_DICT:
-                zdict = self._dictionary(zstandard.get_frame_parameters(body).dict_id, what)
-                plain = _decompressor(zdict).decompress(body, max_output_size=e.raw_len)
+                plain = self._decompress_with_dictionary(body, size, what)
             elif comp == COMP_NONE:
                 plain = body
             else:
                 raise IntegrityError(f"{what}: unknown compression")
         except zstandard.ZstdError:
             raise IntegrityError(f"{what} does not decompress") from None
-        if len(plain) != e.raw_len or self.repo.blob_id(btype, plain) != e.chunk_id:
-            raise IntegrityError(f"{what}: content does not match its id")
+        if len(plain) != size:
+            raise IntegrityError(f"{what}: plaintext has the wrong size")
         return plain
 
-    def _dictionary(self, dict_id: int, what: str) -> zstandard.ZstdCompressionDict:
-        """The dictionary a frame names, found among the repository's dictionary blobs (a
-        chunk may have been stored by another snapshot, with that snapshot's dictionary)."""
-        with self._dict_lock:
-            if dict_id not in self._dicts and not self._dicts_loaded:
-                ids = [cid for cid, loc in self.index.chunks.items()
-                       if blob_type(loc.entry.flags) == TYPE_DICT
-                       and loc.entry.raw_len <= MAX_DICT_BYTES]
-                for raw in self.read(ids):
-                    zdict = load_dictionary(raw)
-                    self._dicts[zdict.dict_id()] = zdict
-                self._dicts_loaded = True
-            try:
-                return self._dicts[dict_id]
-            except KeyError:
-                raise IntegrityError(f"{what}: its compression dictionary is missing") from None
+    def check_blob(self, name: str, e: BlobEntry, group_plain: bytes) -> bytes:
+        """One blob out of its group's plaintext, with its keyed id recomputed."""
+        plain = group_plain[e.raw_offset: e.raw_offset + e.raw_len]
+        if len(plain) != e.raw_len or self.repo.blob_id(blob_type(e.flags), plain) != e.chunk_id:
+            raise IntegrityError(f"{name} blob {e.chunk_id.hex()[:16]}: content does not match "
+                                 "its id")
+        return plain
 
-    def read(self, blob_ids: Iterable[bytes]) -> Iterator[bytes]:
+    def _load_dictionaries(self) -> None:
+        """Load every dictionary blob the index lists, once. One that cannot be read is
+        skipped: only chunks that need it will fail, with a clear error."""
+        with self._dict_lock:
+            if self._dicts_loaded:
+                return
+            for cid, loc in list(self.index.chunks.items()):
+                e = loc.entry
+                if blob_type(e.flags) != TYPE_DICT or e.raw_len > MAX_DICT_BYTES:
+                    continue
+                try:
+                    (raw,) = list(self.read([cid], TYPE_DICT))
+                    zdict = load_dictionary(raw)
+                except (IntegrityError, zstandard.ZstdError, ValueError):
+                    continue
+                self._dicts.setdefault(zdict.dict_id(), []).append(zdict)
+            self._dicts_loaded = True
+
+    def dictionary_ids(self) -> set[int]:
+        """zstd dictIDs already used in this repository (a new dictionary picks another)."""
+        self._load_dictionaries()
+        return set(self._dicts)
+
+    def _decompress_with_dictionary(self, body: bytes, size: int, what: str) -> bytes:
+        """Decompress a frame made with a dictionary. The frame names the dictionary by its
+        32-bit dictID; should two dictionaries ever share one, each is tried and the output
+        must still decompress to the expected size (blob ids are verified afterwards)."""
+        dict_id = zstandard.get_frame_parameters(body).dict_id
+        self._load_dictionaries()
+        candidates = self._dicts.get(dict_id, [])
+        if not candidates:
+            raise IntegrityError(f"{what}: its compression dictionary is missing")
+        for zdict in candidates:
+            try:
+                plain = _decompressor(zdict).decompress(body, max_output_size=size)
+            except zstandard.ZstdError:
+                continue
+            if len(plain) == size:
+                return plain
+        raise IntegrityError(f"{what} does not decompress")
+
+    def read(self, blob_ids: Iterable[bytes], btype: int = TYPE_CHUNK) -> Iterator[bytes]:
+        """The blobs' plaintexts in order; each must be of type `btype` (a reference to a
+        chunk can never be answered with a ref-list or a dictionary, whatever the index says)."""
         pending: deque[Future[list[bytes]]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="read") as pool:
             try:
                 for pack_id, entries in self._plan(blob_ids):
+                    for e in entries:
+                        if blob_type(e.flags) != btype:
+                            raise IntegrityError(f"blob {e.chunk_id.hex()[:16]} is not of the "
+                                                 "type its reference expects")
                     pending.append(pool.submit(self._fetch, pack_id, entries))
                     while len(pending) > self.read_ahead:
                         yield from pending.popleft().result()

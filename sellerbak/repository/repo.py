@@ -64,7 +64,7 @@ def parse_hex_id(name: str, prefix: str) -> bytes | None:
     tail = name.rsplit("/", 1)[-1]
     if not name.startswith(prefix) or len(tail) != 64 or tail.strip(_HEX):
         return None
-    if prefix == "data/" and name != f"data/{tail[:2]}/{tail}":
+    if name != (f"data/{tail[:2]}/{tail}" if prefix == "data/" else f"{prefix}{tail}"):
         return None
     return bytes.fromhex(tail)
 

@@ -15,22 +15,26 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from sellerbak.errors import IntegrityError, SellerbakError, UsageError
 from sellerbak.records import parse_json
-from sellerbak.repository.check import verify_packs_present
-from sellerbak.repository.datasets import iter_chunk_refs, iter_chunks
+from sellerbak.repository.check import pack_sizes
+from sellerbak.repository.datasets import iter_chunks
 from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import DatasetEntry, Manifest
 from sellerbak.repository.packs import ChunkReader
 from sellerbak.repository.repo import Repository
 
 FORMATS = ("jsonl", "csv")
+_WRITE_BATCH = 1 << 20
 
 
 @dataclass
@@ -64,12 +68,9 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
         names = [n for n in names if n in datasets]
     index = index or Index.load(repo)
     reader = ChunkReader(repo, index)
-    needed: set[bytes] = set()
-    for name in names:
-        entry = manifest.datasets[name]
-        needed.update(r.blob_id for r in entry.reflist)
-        needed.update(ref.chunk_id for ref in iter_chunk_refs(reader, entry))
-    verify_packs_present(repo, index, needed)
+    # every pack is checked against its indexed size the first time it is read: a missing,
+    # truncated or replaced pack stops the restore even where the blobs read are intact
+    reader.expect_sizes(pack_sizes(repo))
     # all or nothing: every dataset is written and verified in a staging folder inside the
     # target, and only then moved to its final name
     _mkdirs(target)
@@ -97,14 +98,25 @@ def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: s
     hasher = hashlib.sha256()
     records = 0
     try:
-        with _open_new(tmp) as fh:
+        with _open_new(tmp) as fh, _BackgroundWriter(fh if fmt == "jsonl" else None) as out:
+            pieces: list[bytes] = []
+            size = reported = 0
             for ref, plain in iter_chunks(reader, entry):
-                hasher.update(plain)
+                pieces.append(plain)
+                size += len(plain)
                 records += ref.records
-                if fmt == "jsonl":
-                    fh.write(plain)
-                if on_records:
-                    on_records(ref.records)
+                if size >= _WRITE_BATCH:  # hash and hand over in large pieces: per-call
+                    block = b"".join(pieces)  # costs dominate at chunk size
+                    hasher.update(block)
+                    out.write(block)
+                    pieces, size = [], 0
+                    if on_records:
+                        on_records(records - reported)
+                        reported = records
+            block = b"".join(pieces)
+            hasher.update(block)
+            out.write(block)
+            out.finish()
             if records != entry.records or hasher.hexdigest() != entry.sha256:
                 raise IntegrityError(f"dataset {entry.name}: restored data does not match the "
                                      "manifest (record count or SHA-256 differ)")
@@ -122,6 +134,51 @@ def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: s
         _unlink(tmp)
         raise
     return RestoredDataset(entry.name, path, records, entry.bytes, entry.sha256)
+
+
+class _BackgroundWriter:
+    """Writes to a file in a thread of its own, so disk writes overlap hashing and reading
+    (both release the GIL). A write error surfaces at the next write or at finish()."""
+
+    def __init__(self, fh: BinaryIO | None, depth: int = 4) -> None:
+        self._fh = fh
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="restore-write")
+        if fh is not None:
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._fh is not None
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._fh.write(data)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                    self._error = exc
+
+    def write(self, data: bytes) -> None:
+        if self._fh is None:
+            return
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def finish(self) -> None:
+        if self._fh is None or not self._thread.is_alive():
+            return
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> _BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path) -> None:

@@ -1,0 +1,1205 @@
+"""docs/FORMAT.md is sufficient: an independent reader, written from that document alone, opens a
+repository written by sellerbak and reproduces exactly what `restore` produces.
+
+`FormatReader` below uses only the standard library, `cryptography` and `zstandard`; it does not
+import sellerbak or orjson (checked by `test_reader_is_independent`). The real code is imported
+only inside the fixtures and tests that create the repository and run the real restore. Section
+numbers in comments refer to docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+import hmac
+import json
+import os
+import random
+import shutil
+import struct
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from cryptography.cobblestone import Cobblestone256Decryptor
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+# =============================================================================================
+# The independent reader (docs/FORMAT.md only)
+# =============================================================================================
+
+
+class ReaderError(Exception):
+    """Anything the reader refuses: the kind of failure is in `kind` (FORMAT.md §15 classes)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A 45-byte blob entry (§9.3)."""
+
+    blob_id: bytes
+    offset: int
+    length: int
+    raw_len: int
+    flags: int
+
+    @property
+    def btype(self) -> int:
+        """Blob type, flags bits 4-5 (§9.1)."""
+        return (self.flags >> 4) & 0x03
+
+    @property
+    def comp(self) -> int:
+        """Compression, flags bits 0-1 (§9.1)."""
+        return self.flags & 0x03
+
+
+class FormatReader:
+    """Reads a sellerbak repository stored in a local directory, per docs/FORMAT.md."""
+
+    KIND_BLOB, KIND_PACK_HEADER, KIND_INDEX, KIND_MANIFEST, KIND_LOCK = 1, 2, 3, 4, 6
+    KIND_REFLIST, KIND_DICT = 7, 8
+    TYPE_CHUNK, TYPE_REFLIST, TYPE_DICT = 0, 1, 2
+    KIND_OF_TYPE = {TYPE_CHUNK: KIND_BLOB, TYPE_REFLIST: KIND_REFLIST, TYPE_DICT: KIND_DICT}
+    ID_PREFIX = {TYPE_CHUNK: b"", TYPE_REFLIST: b"sellerbak/v1/reflist\x00",
+                 TYPE_DICT: b"sellerbak/v1/dict\x00"}
+    RESERVED_FLAGS = 0x0C | 0xC0
+    ENTRY = struct.Struct(">32sIIIB")
+    MAX_DECOMPRESSED = 1 << 30
+    MAX_PACK_HEADER = 64 * 1024 * 1024
+    MAX_DICT = 1 << 20
+    REFLIST_TARGET, REFLIST_MAX = 4096, 32768
+    ZSTD_FRAME_MAGIC, ZSTD_DICT_MAGIC = b"\x28\xb5\x2f\xfd", b"\x37\xa4\x30\xec"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.config: dict[str, Any] = {}
+        self.repo_id = b""
+        self.keyring: dict[int, bytes] = {}
+        self.current_epoch = 0
+        self.k_id = b""
+        self.k_chunker = b""
+        self.key_id = ""
+        self._index: tuple[dict[bytes, tuple[bytes, Entry]], dict[bytes, int],
+                           dict[bytes, list[Entry]]] | None = None
+        self._dicts: dict[int, list[bytes]] | None = None
+
+    # ----- storage (§3) ----------------------------------------------------------------------
+
+    def get(self, name: str) -> bytes:
+        path = self.root.joinpath(*name.split("/"))
+        if not path.is_file():
+            raise ReaderError("not-found", f"object {name} is missing")
+        return path.read_bytes()
+
+    def names(self, prefix: str) -> list[str]:
+        out = []
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                name = path.relative_to(self.root).as_posix()
+                if name.startswith(prefix):
+                    out.append(name)
+        return sorted(out)
+
+    @staticmethod
+    def hex_id(name: str, prefix: str) -> bytes | None:
+        """The 32-byte id of `prefix<64 lowercase hex>` (or `data/<xx>/<64 hex>`), else None."""
+        tail = name[len(prefix):]
+        if prefix == "data/":
+            if len(tail) != 67 or tail[2] != "/" or tail[:2] != tail[3:5]:
+                return None
+            tail = tail[3:]
+        if len(tail) != 64 or any(c not in "0123456789abcdef" for c in tail):
+            return None
+        return bytes.fromhex(tail)
+
+    # ----- primitives (§1, §1.1, §4) -----------------------------------------------------------
+
+    @staticmethod
+    def canonical(obj: Any, ascii_form: bool) -> bytes:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=ascii_form).encode("utf-8")
+
+    @staticmethod
+    def hkdf(master: bytes, info: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master)
+
+    @staticmethod
+    def cobblestone_open(key: bytes, context: bytes, message: bytes, what: str) -> bytes:
+        try:
+            dec = Cobblestone256Decryptor(key, context)
+            body = dec.update(message)
+            return body + dec.finalize()  # nothing is used before finalize() succeeded
+        except (InvalidTag, ValueError):
+            raise ReaderError("integrity", f"{what} failed authentication") from None
+
+    @staticmethod
+    def zstd_frame(data: bytes, cap: int, what: str, dictionary: bytes | None = None) -> bytes:
+        """Exactly one zstd frame, output capped at `cap` bytes (§10, §12, §9.4), decoded with
+        a full zstd dictionary if one is given (§9.5)."""
+        parts, total = [], 0
+        try:
+            dctx = (zstandard.ZstdDecompressor() if dictionary is None else
+                    zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
+                        dictionary, dict_type=zstandard.DICT_TYPE_FULLDICT)))
+            reader = dctx.stream_reader(data, read_across_frames=False)
+            while part := reader.read(1 << 20):
+                total += len(part)
+                if total > cap:
+                    raise ReaderError("format", f"{what} decompresses to more than {cap} bytes")
+                parts.append(part)
+        except zstandard.ZstdError:
+            raise ReaderError("format", f"{what} does not decompress") from None
+        return b"".join(parts)
+
+    # ----- config (§6) ---------------------------------------------------------------------------
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            raw = self.get("config")
+        except ReaderError:
+            raise ReaderError("no-repository", "no config object") from None
+        if len(raw) > 64 * 1024:
+            raise ReaderError("format", "config too large")
+        try:
+            cfg = json.loads(raw)
+            ok = (cfg["format"] == "sellerbak-repo/1" and self._is_int(cfg["version"])
+                  and cfg["version"] == 1 and len(bytes.fromhex(cfg["repo_id"])) == 16)
+            target, cmax = cfg["chunker"]["target"], cfg["chunker"]["max"]
+            size = cfg["pack_size"]
+        except (ValueError, KeyError, TypeError):
+            raise ReaderError("format", "config does not parse") from None
+        if not ok or not all(self._is_int(v) for v in (target, cmax, size)):
+            raise ReaderError("format", "config has an unknown format or version")
+        if not (1024 <= target <= cmax <= 16 * 1024 * 1024
+                and 1024 * 1024 <= size <= 1024 * 1024 * 1024):
+            raise ReaderError("format", "config sizes out of range")
+        self.config = cfg
+        self.repo_id = bytes.fromhex(cfg["repo_id"])
+        return cfg
+
+    @staticmethod
+    def _is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def unlock(self, passphrase: str) -> None:
+        """§5.1 opening procedure, then the config MAC (§6)."""
+        if not self.config:
+            self.read_config()
+        candidates = []
+        for name in self.names("keys/"):
+            try:
+                candidates.append(self.parse_key_file(name, self.get(name)))
+            except ReaderError:
+                continue  # damaged or out-of-bounds key files are skipped, never attempted
+        for key_file in candidates:
+            try:
+                keyring, current = self.unwrap(key_file, passphrase)
+            except ReaderError as exc:
+                if exc.kind == "wrong-passphrase":
+                    continue
+                raise
+            self.keyring, self.current_epoch = keyring, current
+            self.key_id = key_file["key_id"]
+            self.verify_config_mac()
+            self.k_id = self.hkdf(keyring[1], b"sellerbak/v1/chunk-id")
+            self.k_chunker = self.hkdf(keyring[1], b"sellerbak/v1/chunker")
+            return
+        raise ReaderError("wrong-passphrase", "no key file opens with this passphrase")
+
+    def verify_config_mac(self) -> None:
+        body = {k: v for k, v in self.config.items() if k != "mac"}
+        key = self.hkdf(self.keyring[1], b"sellerbak/v1/config")
+        expected = hmac.new(key, self.canonical(body, ascii_form=True), hashlib.sha256).hexdigest()
+        mac = self.config.get("mac")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac.encode(), expected.encode()):
+            raise ReaderError("format", "config was modified (its MAC does not verify)")
+
+    # ----- key files (§5) ------------------------------------------------------------------------
+
+    def parse_key_file(self, name: str, raw: bytes) -> dict[str, Any]:
+        """Parse and bound-check; the returned dict holds decoded values. No KDF runs here."""
+        if len(raw) > 64 * 1024:
+            raise ReaderError("format", "key file too large")
+        try:
+            obj = json.loads(raw)
+            if obj["format"] != "sellerbak-key/1":
+                raise ValueError
+            if set(obj) - {"format", "repo_id", "key_id", "created", "hostname", "kdf",
+                           "wrapped"}:
+                raise ValueError("unknown member")
+            repo_id = bytes.fromhex(obj["repo_id"])
+            key_id, created = obj["key_id"], obj["created"]
+            hostname = obj.get("hostname", "")
+            wrapped = base64.b64decode(obj["wrapped"], validate=True)
+            kdf = obj["kdf"]
+            salt = base64.b64decode(kdf["salt"], validate=True)
+        except (ValueError, KeyError, TypeError):
+            raise ReaderError("format", f"{name}: key file does not parse") from None
+        if not all(isinstance(v, str) for v in (key_id, created, hostname)) or len(key_id) != 32:
+            raise ReaderError("format", f"{name}: malformed field")
+        if repo_id != self.repo_id or name != f"keys/{key_id}":
+            raise ReaderError("format", f"{name}: belongs elsewhere")
+        if not 16 <= len(salt) <= 64:
+            raise ReaderError("format", f"{name}: salt length out of bounds")
+        alg = kdf.get("alg")
+        members = ({"alg", "version", "m_kib", "t", "p", "salt"} if alg == "argon2id"
+                   else {"alg", "log_n", "r", "p", "salt"})
+        if set(kdf) - members:
+            raise ReaderError("format", f"{name}: kdf has an unknown member")
+        if alg == "argon2id":
+            params = {k: kdf.get(k) for k in ("m_kib", "t", "p")}
+            if kdf.get("version") != 19 or not all(self._is_int(v) for v in params.values()):
+                raise ReaderError("format", f"{name}: bad argon2id parameters")
+            if not (1 <= params["p"] <= 16 and 1 <= params["t"] <= 16
+                    and 8 * params["p"] <= params["m_kib"] <= 4 * 1024 * 1024):
+                raise ReaderError("format", f"{name}: argon2id parameters out of bounds")
+            kdf_public = {"alg": "argon2id", "version": 19, **params}
+        elif alg == "scrypt":
+            params = {k: kdf.get(k) for k in ("log_n", "r", "p")}
+            if not all(self._is_int(v) for v in params.values()):
+                raise ReaderError("format", f"{name}: bad scrypt parameters")
+            if not (1 <= params["log_n"] <= 22 and 1 <= params["r"] <= 32
+                    and 1 <= params["p"] <= 16
+                    and 128 * params["r"] * (1 << params["log_n"]) <= 1 << 32):
+                raise ReaderError("format", f"{name}: scrypt parameters out of bounds")
+            kdf_public = {"alg": "scrypt", **params}
+        else:
+            raise ReaderError("format", f"{name}: unknown kdf")
+        kdf_public["salt"] = base64.b64encode(salt).decode()
+        public = {"format": "sellerbak-key/1", "repo_id": repo_id.hex(), "key_id": key_id,
+                  "created": created, "hostname": hostname, "kdf": kdf_public}
+        return {"key_id": key_id, "public": public, "salt": salt, "alg": alg,
+                "params": params, "wrapped": wrapped}
+
+    def unwrap(self, key_file: dict[str, Any], passphrase: str) -> tuple[dict[int, bytes], int]:
+        secret = unicodedata.normalize("NFC", passphrase).encode("utf-8")
+        p = key_file["params"]
+        if key_file["alg"] == "argon2id":
+            kek = Argon2id(salt=key_file["salt"], length=32, iterations=p["t"], lanes=p["p"],
+                           memory_cost=p["m_kib"]).derive(secret)
+        else:
+            kek = Scrypt(salt=key_file["salt"], length=32, n=1 << p["log_n"], r=p["r"],
+                         p=p["p"]).derive(secret)
+        context = b"sellerbak/v1/keyfile\x00" + self.canonical(key_file["public"], False)
+        try:
+            raw = self.cobblestone_open(kek, context, key_file["wrapped"], "key file")
+        except ReaderError:
+            raise ReaderError("wrong-passphrase", "unwrap failed") from None
+        try:
+            obj = json.loads(raw)
+            epochs = {int(e): base64.b64decode(k, validate=True)
+                      for e, k in obj["epochs"].items()}
+            current = obj["current"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ReaderError("format", "keyring does not parse") from None
+        if 1 not in epochs or current not in epochs or any(len(k) != 32
+                                                           for k in epochs.values()):
+            raise ReaderError("format", "keyring is inconsistent")
+        return epochs, current
+
+    # ----- envelope (§7, §8) ---------------------------------------------------------------------
+
+    def open_envelope(self, kind: int, object_id: bytes, data: bytes, what: str) -> bytes:
+        if len(data) < 80 or data[:4] != b"SBK1":
+            raise ReaderError("integrity", f"{what}: not an envelope")
+        (epoch,) = struct.unpack(">I", data[4:8])
+        if epoch not in self.keyring:
+            raise ReaderError("format", f"{what}: unknown key epoch {epoch}")
+        context = (b"sellerbak/v1\x00" + self.repo_id + bytes([kind]) + struct.pack(">I", epoch)
+                   + object_id)
+        assert len(context) == 66
+        key = self.hkdf(self.keyring[epoch], b"sellerbak/v1/data")
+        return self.cobblestone_open(key, context, data[8:], what)
+
+    # ----- packs and index (§9, §10) -------------------------------------------------------------
+
+    def _entries(self, buf: bytes, pos: int, count: int, what: str) -> tuple[list[Entry], int]:
+        end = pos + count * 45
+        if end > len(buf):
+            raise ReaderError("format", f"{what}: entries run past the end")
+        return [Entry(*self.ENTRY.unpack_from(buf, pos + 45 * i)) for i in range(count)], end
+
+    def pack_header(self, pack_id: bytes) -> tuple[int, int, list[Entry]]:
+        """(pack size, header_start, entries) from the pack alone (§9.2, §9.3)."""
+        name = f"data/{pack_id.hex()[:2]}/{pack_id.hex()}"
+        data = self.get(name)
+        if len(data) < 8 or data[-4:] != b"SBPK":
+            raise ReaderError("format", f"{name}: bad trailer")
+        (header_len,) = struct.unpack(">I", data[-8:-4])
+        if header_len > self.MAX_PACK_HEADER or header_len + 8 > len(data):
+            raise ReaderError("format", f"{name}: header length out of range")
+        header_start = len(data) - 8 - header_len
+        plain = self.open_envelope(self.KIND_PACK_HEADER, pack_id,
+                                   data[header_start:len(data) - 8], f"{name} header")
+        if len(plain) < 9 or plain[:4] != b"SBPH" or plain[4] != 1:
+            raise ReaderError("format", f"{name}: bad header magic or version")
+        (count,) = struct.unpack_from(">I", plain, 5)
+        entries, end = self._entries(plain, 9, count, name)
+        if end != len(plain):
+            raise ReaderError("format", f"{name}: trailing bytes in header")
+        if any(e.offset + e.length > header_start for e in entries):
+            raise ReaderError("format", f"{name}: blob outside the data area")
+        return len(data), header_start, entries
+
+    def load_index(self) -> tuple[dict[bytes, tuple[bytes, Entry]], dict[bytes, int],
+                                  dict[bytes, list[Entry]]]:
+        """(blob id -> (pack id, entry), pack id -> indexed size, pack id -> entries)."""
+        if self._index is not None:
+            return self._index
+        blobs: dict[bytes, tuple[bytes, Entry]] = {}
+        sizes: dict[bytes, int] = {}
+        packs: dict[bytes, list[Entry]] = {}
+        for name in self.names("index/"):
+            index_id = self.hex_id(name, "index/")
+            if index_id is None:
+                continue
+            framed = self.open_envelope(self.KIND_INDEX, index_id, self.get(name), name)
+            plain = self.zstd_frame(framed, self.MAX_DECOMPRESSED, name)
+            if len(plain) < 9 or plain[:4] != b"SBIX" or plain[4] != 1:
+                raise ReaderError("format", f"{name}: bad index magic or version")
+            (npacks,) = struct.unpack_from(">I", plain, 5)
+            pos = 9
+            for _ in range(npacks):
+                if pos + 44 > len(plain):
+                    raise ReaderError("format", f"{name}: pack table runs past the end")
+                pack_id, size, count = struct.unpack_from(">32sQI", plain, pos)
+                entries, pos = self._entries(plain, pos + 44, count, name)
+                sizes[pack_id] = size
+                packs[pack_id] = entries
+                for e in entries:
+                    blobs.setdefault(e.blob_id, (pack_id, e))
+            if pos + 4 > len(plain):
+                raise ReaderError("format", f"{name}: truncated")
+            (nsup,) = struct.unpack_from(">I", plain, pos)
+            if pos + 4 + 32 * nsup != len(plain):
+                raise ReaderError("format", f"{name}: supersedes list has the wrong length")
+        self._index = (blobs, sizes, packs)
+        return self._index
+
+    # ----- blobs (§9.1, §9.4, §9.5) --------------------------------------------------------------
+
+    def blob_id(self, btype: int, plain: bytes) -> bytes:
+        return hmac.new(self.k_id, self.ID_PREFIX[btype] + plain, hashlib.sha256).digest()
+
+    def check_flags(self, e: Entry, what: str) -> None:
+        if e.flags & self.RESERVED_FLAGS or e.comp == 3 or e.btype == 3:
+            raise ReaderError("integrity", f"{what}: unknown blob flags {e.flags:#04x}")
+
+    def read_blob(self, pack_id: bytes, e: Entry, expect: int | None = None) -> bytes:
+        """§9.4: the verified plaintext of one blob; `expect` is the type the reference that led
+        here calls for."""
+        name = f"data/{pack_id.hex()[:2]}/{pack_id.hex()}"
+        self.check_flags(e, name)
+        if expect is not None and e.btype != expect:
+            raise ReaderError("integrity", f"{name}: blob has type {e.btype}, not {expect}")
+        data = self.get(name)[e.offset:e.offset + e.length]
+        if len(data) != e.length:
+            raise ReaderError("integrity", f"{name}: truncated")
+        body = self.open_envelope(self.KIND_OF_TYPE[e.btype], e.blob_id, data, f"{name} blob")
+        if e.comp == 0:
+            candidates = [body]
+        elif e.comp == 1:
+            candidates = [self.zstd_frame(body, e.raw_len, name)]
+        else:
+            dict_id = self.frame_dict_id(body, name)
+            dictionaries = self.dictionaries().get(dict_id, [])
+            if not dictionaries:
+                raise ReaderError("integrity", f"{name}: dictionary {dict_id} is missing")
+            candidates = []
+            for dictionary in dictionaries:  # Dictionary_IDs may collide: the id check decides
+                try:
+                    candidates.append(self.zstd_frame(body, e.raw_len, name, dictionary))
+                except ReaderError:
+                    continue
+        for plain in candidates:
+            if len(plain) == e.raw_len and hmac.compare_digest(self.blob_id(e.btype, plain),
+                                                               e.blob_id):
+                return plain
+        raise ReaderError("integrity", f"{name}: blob does not match its id")
+
+    def frame_dict_id(self, frame: bytes, what: str) -> int:
+        """Dictionary_ID from a zstd frame header (RFC 8878 §3.1.1.1), as §9.5 step 1 says."""
+        if len(frame) < 5 or frame[:4] != self.ZSTD_FRAME_MAGIC:
+            raise ReaderError("integrity", f"{what}: not a zstd frame")
+        descriptor = frame[4]
+        pos = 5 if descriptor & 0x20 else 6  # Window_Descriptor unless Single_Segment_flag
+        size = (0, 1, 2, 4)[descriptor & 0x03]
+        if size == 0 or pos + size > len(frame):
+            raise ReaderError("integrity", f"{what}: frame names no dictionary")
+        return int.from_bytes(frame[pos:pos + size], "little")
+
+    def dictionaries(self) -> dict[int, list[bytes]]:
+        """Every dictionary blob the index lists with raw_len <= 1 MiB, by Dictionary_ID."""
+        if self._dicts is None:
+            blobs, _, _ = self.load_index()
+            found: dict[int, list[bytes]] = {}
+            for pack_id, e in blobs.values():
+                if e.btype != self.TYPE_DICT or e.raw_len > self.MAX_DICT:
+                    continue
+                try:
+                    raw = self.read_blob(pack_id, e, expect=self.TYPE_DICT)
+                except ReaderError:
+                    continue  # a damaged dictionary only matters to chunks that need it
+                if len(raw) >= 8 and raw[:4] == self.ZSTD_DICT_MAGIC:
+                    found.setdefault(int.from_bytes(raw[4:8], "little"), []).append(raw)
+            self._dicts = found
+        return self._dicts
+
+    def locate(self, blob_id: bytes) -> tuple[bytes, Entry]:
+        blobs, _, _ = self.load_index()
+        if blob_id not in blobs:
+            raise ReaderError("integrity", f"blob {blob_id.hex()[:16]} is in no index")
+        return blobs[blob_id]
+
+    # ----- manifests (§12) -----------------------------------------------------------------------
+
+    @staticmethod
+    def _ints(*values: Any) -> bool:
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+    @staticmethod
+    def parse_time(value: Any) -> datetime:
+        """§12.1: RFC 3339 with a zone; sellerbak writes ...Z."""
+        if not isinstance(value, str):
+            raise ValueError("time is not a string")
+        when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+        if when.tzinfo is None:
+            raise ValueError("time has no zone")
+        return when
+
+    def read_manifest(self, snapshot_id: bytes) -> dict[str, Any]:
+        name = f"snapshots/{snapshot_id.hex()}"
+        framed = self.open_envelope(self.KIND_MANIFEST, snapshot_id, self.get(name), name)
+        try:
+            m = json.loads(self.zstd_frame(framed, self.MAX_DECOMPRESSED, name))
+            if m["format"] != "sellerbak-snapshot/1" or bytes.fromhex(m["id"]) != snapshot_id:
+                raise ValueError("format or id")
+            self.parse_time(m["time"])
+            for ds_name, ds in m["datasets"].items():
+                segments = ds_name.split("/")
+                if any(s in ("", ".", "..") for s in segments):
+                    raise ValueError("unsafe dataset name")
+                rrefs = ds["reflist"]
+                for rref in rrefs:
+                    bid, chunks, records, raw_len, first, last = rref
+                    if (len(bytes.fromhex(bid)) != 32 or not self._ints(chunks, records, raw_len)
+                            or chunks < 1 or records < chunks
+                            or not isinstance(first, str) or not isinstance(last, str)):
+                        raise ValueError("bad ref-list ref")
+                if ds.get("dict") is not None and len(bytes.fromhex(ds["dict"])) != 32:
+                    raise ValueError("bad dictionary id")
+                if (not self._ints(ds["chunks"], ds["records"], ds["bytes"])
+                        or sum(r[1] for r in rrefs) != ds["chunks"]
+                        or sum(r[2] for r in rrefs) != ds["records"]
+                        or sum(r[3] for r in rrefs) != ds["bytes"]
+                        or len(bytes.fromhex(ds["sha256"])) != 32):
+                    raise ValueError("dataset totals do not add up")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ReaderError("format", f"{name}: manifest does not parse ({exc})") from None
+        return m
+
+    def snapshots(self, skip_unreadable: bool = False) -> list[dict[str, Any]]:
+        """Every snapshot, ordered by (time as an instant, id as bytes); the last is `latest`
+        (§12.3). A manifest that does not open or parse is an error unless skipped."""
+        out = []
+        for name in self.names("snapshots/"):
+            sid = self.hex_id(name, "snapshots/")
+            if sid is None:
+                continue
+            try:
+                out.append(self.read_manifest(sid))
+            except ReaderError:
+                if not skip_unreadable:
+                    raise
+        return sorted(out, key=lambda m: (self.parse_time(m["time"]), bytes.fromhex(m["id"])))
+
+    # ----- ref-lists and datasets (§12.2, §15) ---------------------------------------------------
+
+    def read_reflist(self, rref: list[Any]) -> tuple[bytes, list[list[Any]]]:
+        """One ref-list blob: (plaintext, chunk refs), checked against its summary."""
+        bid, chunks, records, raw_len, first, last = rref
+        plain = self.read_blob(*self.locate(bytes.fromhex(bid)), expect=self.TYPE_REFLIST)
+        try:
+            if not plain.endswith(b"\n"):
+                raise ValueError("no final newline")
+            refs = [json.loads(line) for line in plain[:-1].split(b"\n")]
+            for ref in refs:
+                cid, n, size, k1, k2 = ref
+                if (len(bytes.fromhex(cid)) != 32 or not self._ints(n, size) or n < 1
+                        or size < 1 or not isinstance(k1, str) or not isinstance(k2, str)):
+                    raise ValueError("bad chunk ref")
+        except (ValueError, TypeError) as exc:
+            raise ReaderError("format", f"ref-list {bid[:16]} does not parse ({exc})") from None
+        if (len(refs) != chunks or sum(r[1] for r in refs) != records
+                or sum(r[2] for r in refs) != raw_len
+                or refs[0][3] != first or refs[-1][4] != last):
+            raise ReaderError("format", f"ref-list {bid[:16]} does not match its summary")
+        return plain, refs
+
+    def chunk_refs(self, ds: dict[str, Any]) -> list[list[Any]]:
+        """The dataset's chunk list, in order, strictly increasing in keys."""
+        out: list[list[Any]] = []
+        for rref in ds["reflist"]:
+            for ref in self.read_reflist(rref)[1]:
+                if out and ref[3] <= out[-1][4]:
+                    raise ReaderError("integrity", "chunk refs are not in key order")
+                out.append(ref)
+        return out
+
+    def read_dataset(self, manifest: dict[str, Any], dataset: str) -> bytes:
+        """§15 steps 6-9: the verified canonical bytes of one dataset."""
+        ds = manifest["datasets"][dataset]
+        refs = self.chunk_refs(ds)
+        located = [self.locate(bytes.fromhex(ref[0])) for ref in refs]
+        _, sizes, _ = self.load_index()
+        needed = {pid for pid, _ in located}
+        needed |= {self.locate(bytes.fromhex(r[0]))[0] for r in ds["reflist"]}
+        for pack_id in needed:
+            path = self.root / "data" / pack_id.hex()[:2] / pack_id.hex()
+            if not path.is_file() or path.stat().st_size != sizes[pack_id]:
+                raise ReaderError("integrity", f"pack {pack_id.hex()[:16]} missing or resized")
+        out, hasher, records = [], hashlib.sha256(), 0
+        for (pack_id, entry), ref in zip(located, refs, strict=True):
+            plain = self.read_blob(pack_id, entry, expect=self.TYPE_CHUNK)
+            if plain.count(b"\n") != ref[1]:
+                raise ReaderError("integrity", f"{dataset}: chunk line count differs")
+            hasher.update(plain)
+            records += ref[1]
+            out.append(plain)
+        if records != ds["records"] or hasher.hexdigest() != ds["sha256"]:
+            raise ReaderError("integrity", f"{dataset}: count or SHA-256 differs")
+        return b"".join(out)
+
+    # ----- locks (§13) ---------------------------------------------------------------------------
+
+    def locks(self) -> list[dict[str, Any]]:
+        out = []
+        for name in self.names("locks/"):
+            lock_id = self.hex_id(name, "locks/")
+            if lock_id is not None:
+                out.append(json.loads(self.open_envelope(self.KIND_LOCK, lock_id,
+                                                         self.get(name), name)))
+        return out
+
+    # ----- records, boundaries and ref lines (§11, §12.2) ----------------------------------------
+
+    def is_cut(self, key: str, line_len: int, size: int, target: int | None = None,
+               cmax: int | None = None) -> bool:
+        """§11.3; record chunks use config.chunker unless other parameters are given."""
+        target = target or self.config["chunker"]["target"]
+        cmax = cmax or self.config["chunker"]["max"]
+        h = hashlib.blake2b(key.encode("utf-8"), key=self.k_chunker, digest_size=8).digest()
+        return size >= cmax or int.from_bytes(h, "big") < line_len * ((1 << 64) // target)
+
+    def cut(self, items: list[tuple[str, bytes]], target: int | None = None,
+            cmax: int | None = None) -> list[list[bytes]]:
+        """Runs of lines under the boundary rule, from an empty start."""
+        runs: list[list[bytes]] = []
+        run: list[bytes] = []
+        size = 0
+        for key, line in items:
+            run.append(line)
+            size += len(line)
+            if self.is_cut(key, len(line), size, target, cmax):
+                runs.append(run)
+                run, size = [], 0
+        if run:
+            runs.append(run)
+        return runs
+
+    @staticmethod
+    def sort_key(record: dict[str, Any]) -> str:
+        rid = record["id"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+            raise ReaderError("format", "record without a usable id")
+        return str(rid)
+
+    @classmethod
+    def record_line(cls, record: dict[str, Any]) -> bytes:
+        """§11.1: the canonical line, primary or fallback form."""
+        return cls._encode(record, cls._fallback(record, 1)).encode("utf-8") + b"\n"
+
+    @classmethod
+    def ref_line(cls, ref: list[Any]) -> bytes:
+        """§12.2: J(chunk ref) || 0x0A."""
+        return cls._encode(ref, False).encode("utf-8") + b"\n"
+
+    @classmethod
+    def _fallback(cls, value: Any, depth: int) -> bool:
+        if isinstance(value, dict | list):
+            if depth > 255:
+                return True
+            items = value.values() if isinstance(value, dict) else value
+            return any(cls._fallback(v, depth + 1) for v in items)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return not -(1 << 63) <= value <= (1 << 64) - 1
+        return False
+
+    @classmethod
+    def _encode(cls, value: Any, fallback: bool) -> str:
+        if value is None or isinstance(value, bool):
+            return {None: "null", True: "true", False: "false"}[value]
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float):
+            return cls.float_text(value, fallback)
+        if isinstance(value, str):
+            return json.dumps(value, ensure_ascii=False)  # §1.1 string escapes, UTF-8 form
+        if isinstance(value, list):
+            return "[" + ",".join(cls._encode(v, fallback) for v in value) + "]"
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + cls._encode(value[k],
+                                                                                   fallback)
+                              for k in sorted(value)) + "}"
+
+    @staticmethod
+    def float_text(value: float, fallback: bool) -> str:
+        """§11.1 float layouts from the shortest round-trip digits (which repr() finds)."""
+        sign = "-" if str(value).startswith("-") else ""
+        mantissa, _, exp = repr(abs(value)).partition("e")
+        whole, _, frac = mantissa.partition(".")
+        digits = (whole + frac).lstrip("0")
+        if not digits:
+            return sign + "0.0"
+        k = int(exp or 0) - len(frac) + len(digits) - len(digits.rstrip("0"))
+        digits = digits.rstrip("0")
+        n = len(digits)
+        kk = n + k
+        if k >= 0 and kk <= 16:
+            text = digits + "0" * (kk - n) + ".0"
+        elif 0 < kk <= 16:
+            text = digits[:kk] + "." + digits[kk:]
+        elif -5 < kk <= 0 and not (fallback and kk == -4):
+            text = "0." + "0" * -kk + digits
+        else:
+            e = kk - 1
+            exponent = f"{'-' if e < 0 else '+'}{abs(e):02d}" if fallback else str(e)
+            text = digits[0] + ("." + digits[1:] if n > 1 else "") + "e" + exponent
+        return sign + text
+
+
+# =============================================================================================
+# The repository under test, written by the real code
+# =============================================================================================
+
+SECOND_PASSPHRASE = "zweite Passphrase \u00fc"  # opens a scrypt key file
+PASSPHRASE = "test passphrase \u00e9"  # tests.helpers.PASSPHRASE, typed here independently
+# floats whose text differs between the two forms of §11.1
+FLOATS = [1e-05, 1e16, 2.5e-07, 0.0001, 1e22, 1.2345678901234568e20, -0.0, 5e-324, 100.0,
+          1234.5678, 0.1]
+
+
+def _orders(rng: random.Random, start: int, n: int, version: int = 0) -> list[dict[str, Any]]:
+    return [{"id": f"{576460752303423488 + i:018d}", "version": version,
+             "status": rng.choice(["UNPAID", "AWAITING_SHIPMENT", "DELIVERED"]),
+             "buyer": {"email": f"buyer{i}@mail.example", "name": f"Zo\u00eb Buyer{i}",
+                       "phone": f"+1555{i:07d}"},
+             "total": {"amount": round(rng.uniform(1, 999), 2), "currency": "EUR"},
+             "fx": FLOATS[i % len(FLOATS)],
+             "items": [{"sku": f"sku-{j}", "qty": j + 1} for j in range(rng.randint(1, 3))],
+             "note": base64.b64encode(rng.randbytes(rng.randint(100, 500))).decode(),
+             "emoji": "\U0001f4e6 caf\u00e9 \u2603 \"quoted\"\ttab\x7f\u2028"}
+            for i in range(start, start + n)]
+
+
+def _nested(rid: str, depth: int) -> dict[str, Any]:
+    """A record nesting objects and arrays `depth` levels deep (the record is level 1)."""
+    value: Any = list(FLOATS)
+    for _ in range(depth - 2):
+        value = {"a": value}
+    return {"id": rid, "n": value}
+
+
+def _datasets(rng: random.Random) -> dict[str, list[dict[str, Any]]]:
+    orders = _orders(rng, 0, 2500)  # about 1.7 MB: >= 200 records and >= 256 KiB: a dictionary
+    rng.shuffle(orders)  # sources may yield any order
+    return {
+        "orders": orders,
+        "products": [{"id": f"sku-{name}", "title": name * 3, "price": i * 0.1 + 1e-05,
+                      "fx": FLOATS[i], "big": 10 ** 20 + i}  # > 64 bits: the fallback form
+                     for i, name in enumerate(["b", "a", "\u00e9", "z", "\u00df", "A",
+                                               "\U0001f600", "\uffff", "0"])],
+        "finance/statements": [{"id": i, "amount": i * 1.25, "ok": i % 2 == 0, "x": None}
+                               for i in range(300)],  # integer ids: "0" < "1" < "10" < ...
+        "finance/payments": [{"id": "p1"}],  # one tiny chunk: stored raw (flags 0)
+        "finance/withdrawals": [],  # an empty dataset
+        "misc/deep": [_nested("deep255", 255), _nested("deep256", 256),  # primary / fallback
+                      {"id": "edge", "max": 2 ** 64 - 1, "min": -2 ** 63, "f": 1e16}],
+    }
+
+
+@dataclass
+class Built:
+    root: Path
+    ids: list[str]  # first (full), second (incremental), third (--full, new dictionary)
+    restored: dict[str, dict[str, bytes]]  # snapshot id -> dataset -> real restore output
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Three snapshots taken and restored with the real code."""
+    from sellerbak.backup.snapshot import SnapshotRun
+    from sellerbak.crypto.kdf import KdfParams
+    from sellerbak.repository.manifest import load_manifests, resolve_snapshot
+    from sellerbak.restore.restore import restore_snapshot
+    from sellerbak.storage.local import LocalStore
+    from tests.helpers import PASSPHRASE as HELPERS_PASSPHRASE
+    from tests.helpers import ListSource, init_repo, open_repo
+
+    assert HELPERS_PASSPHRASE == PASSPHRASE
+    base = tmp_path_factory.mktemp("format")
+    store = LocalStore(base / "repo")
+    init_repo(store).add_key(SECOND_PASSPHRASE, KdfParams("scrypt", os.urandom(16), log_n=17,
+                                                          r=8, p=1))
+    rng = random.Random(20261124)
+    data = _datasets(rng)
+
+    repo = open_repo(store)
+    repo.pack_size = 48 * 1024  # in-memory only: many small packs, so several index objects
+    run = SnapshotRun(repo)
+    first = run.run(ListSource("shop", data), ["nightly"]).manifest
+
+    # second night: orders arrive as a change set (edits, deletions, new orders at the end);
+    # products is a full export with one record changed and one removed
+    changed = [dict(o, version=1, status="DELIVERED")
+               for o in sorted(data["orders"], key=lambda r: r["id"])[100:2500:400]]
+    deleted = [data["orders"][7]["id"], data["orders"][8]["id"], "no-such-id"]
+    changes = {"orders": (changed + _orders(rng, 2500, 300, version=2), deleted)}
+    data2 = dict(data, products=[dict(p, price=99.5) if p["id"] == "sku-a" else p
+                                 for p in data["products"] if p["id"] != "sku-z"])
+    second = run.run(ListSource("shop", data2, changes=changes), ["nightly"]).manifest
+    assert second.parent == first.id.hex()
+
+    # third: a --full run trains a new dictionary; most chunks already exist (stored with the
+    # first dictionary), the few edited ones are stored with the new one
+    out2 = restore_snapshot(open_repo(store), second, base / "second")
+    orders3 = [json.loads(line) for r in out2 if r.name == "orders"
+               for line in r.path.read_bytes().splitlines()]
+    for o in orders3[50::700]:
+        o["status"] = "RETURNED"
+    third = run.run(ListSource("shop", dict(data2, orders=orders3)), ["weekly"],
+                    full=True).manifest
+    assert third.parent is None
+
+    reopened = open_repo(store)
+    assert [m.id for m in load_manifests(reopened)] == [first.id, second.id, third.id]
+    assert resolve_snapshot(reopened, "latest").id == third.id
+    restored = {}
+    for m in (first, second, third):
+        out = restore_snapshot(reopened, m, base / "restored" / m.id.hex())
+        restored[m.id.hex()] = {r.name: r.path.read_bytes() for r in out}
+    return Built(base / "repo", [first.id.hex(), second.id.hex(), third.id.hex()], restored)
+
+
+@pytest.fixture(scope="module")
+def reader(built: Built) -> FormatReader:
+    r = FormatReader(built.root)
+    r.unlock(PASSPHRASE)
+    return r
+
+
+def _reseal(reader: FormatReader, kind: int, object_id: bytes, plaintext: bytes) -> bytes:
+    """An envelope (§7) sealed with the reader's keys: lets tests write what only a key holder
+    could (the reader itself never writes)."""
+    from cryptography.cobblestone import Cobblestone256Encryptor
+
+    epoch = reader.current_epoch
+    context = (b"sellerbak/v1\x00" + reader.repo_id + bytes([kind]) + struct.pack(">I", epoch)
+               + object_id)
+    enc = Cobblestone256Encryptor(reader.hkdf(reader.keyring[epoch], b"sellerbak/v1/data"),
+                                  context)
+    return b"SBK1" + struct.pack(">I", epoch) + enc.update(plaintext) + enc.finalize()
+
+
+# =============================================================================================
+# Tests
+# =============================================================================================
+
+
+def test_reader_is_independent() -> None:
+    """The reader's code imports nothing from sellerbak (only the fixtures do, locally), and
+    nothing that sellerbak uses to write records (orjson)."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    banned = ("sellerbak", "tests", "orjson")
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            assert not any(a.name.split(".")[0] in banned for a in node.names)
+        if isinstance(node, ast.ImportFrom):
+            assert (node.module or "").split(".")[0] not in banned
+    reader_cls = next(n for n in tree.body
+                      if isinstance(n, ast.ClassDef) and n.name == "FormatReader")
+    assert not [n for n in ast.walk(reader_cls) if isinstance(n, ast.Import | ast.ImportFrom)]
+
+
+def test_every_snapshot_matches_real_restore(built: Built, reader: FormatReader) -> None:
+    snapshots = reader.snapshots()
+    assert [m["id"] for m in snapshots] == built.ids
+    first, second, third = snapshots
+    assert second["parent"] == first["id"] and third["parent"] is None
+    assert [m["tags"] for m in snapshots] == [["nightly"], ["nightly"], ["weekly"]]
+    for manifest in snapshots:
+        assert manifest["source"] == "shop" and manifest["complete"] is True
+        assert sorted(manifest["datasets"]) == sorted(built.restored[manifest["id"]])
+        for name, ds in manifest["datasets"].items():
+            assert ds["complete"] is True
+            data = reader.read_dataset(manifest, name)
+            assert data == built.restored[manifest["id"]][name], name
+            assert hashlib.sha256(data).hexdigest() == ds["sha256"]
+            assert data.count(b"\n") == ds["records"] and len(data) == ds["bytes"]
+    empty = third["datasets"]["finance/withdrawals"]
+    assert empty["records"] == empty["chunks"] == 0 and empty["reflist"] == []
+    assert empty["sha256"] == hashlib.sha256().hexdigest()
+    assert second["datasets"]["orders"]["records"] == 2500 - 2 + 300
+    assert b"RETURNED" in built.restored[third["id"]]["orders"]
+
+
+def test_datasets_are_canonical_and_sorted(reader: FormatReader) -> None:
+    """§11.1-11.2: every line is the canonical form of its record (primary or fallback form),
+    keys sorted and unique."""
+    texts = set()
+    for manifest in reader.snapshots():
+        for name in manifest["datasets"]:
+            data = reader.read_dataset(manifest, name)
+            keys = []
+            for line in data.splitlines(keepends=True):
+                record = json.loads(line)
+                assert reader.record_line(record) == line, line[:200]
+                keys.append(reader.sort_key(record))
+                texts.add(line.split(b'"fx":', 1)[-1].split(b",", 1)[0])
+            assert keys == sorted(keys) and len(set(keys)) == len(keys)
+            assert keys == sorted(keys, key=lambda k: k.encode("utf-8"))
+    # both float forms were exercised: orders (primary) and products (fallback)
+    assert {b"1e16", b"0.00001", b"2.5e-7", b"1e+16", b"1e-05", b"2.5e-07"} <= texts
+    deep = reader.read_dataset(reader.snapshots()[-1], "misc/deep").splitlines()
+    assert b"1e16" in deep[0] and b"1e+16" in deep[1] and b"1e16" in deep[2]
+
+
+def test_float_layouts_match_the_doc_examples() -> None:
+    """The examples of §11.1, through the reader's implementation of its layout rules."""
+    primary = [(100.0, "100.0"), (1e15, "1000000000000000.0"), (1.5, "1.5"),
+               (12.34, "12.34"), (0.1, "0.1"), (0.00001, "0.00001"), (1e16, "1e16"),
+               (1e-6, "1e-6"), (5e-324, "5e-324"), (1.5e16, "1.5e16"),
+               (1.2345e-7, "1.2345e-7"), (0.0, "0.0"), (-0.0, "-0.0"), (-2.5, "-2.5")]
+    for value, text in primary:
+        assert FormatReader.float_text(value, fallback=False) == text
+    fallback = [(0.00001, "1e-05"), (1e16, "1e+16"), (1.5e-7, "1.5e-07"), (0.0001, "0.0001"),
+                (100.0, "100.0"), (1e15, "1000000000000000.0"), (-0.0, "-0.0")]
+    for value, text in fallback:
+        assert FormatReader.float_text(value, fallback=True) == text == repr(value)
+
+
+def test_chunk_and_reflist_boundaries_follow_the_rule(reader: FormatReader) -> None:
+    """§11.3 and §11.4: every dataset of every snapshot, the incremental one included, is cut
+    exactly as a full run over its records would cut it; §12.2: its chunk list is cut into
+    ref-list blobs by the same rule, keyed by chunk id, and each ref line is J(ref)."""
+    reflists = 0
+    for manifest in reader.snapshots():
+        for name, ds in manifest["datasets"].items():
+            lines = reader.read_dataset(manifest, name).splitlines(keepends=True)
+            runs = reader.cut([(reader.sort_key(json.loads(x)), x) for x in lines])
+            refs = reader.chunk_refs(ds)
+            assert [len(r) for r in runs] == [ref[1] for ref in refs], name
+            for run, ref in zip(runs, refs, strict=True):
+                keys = [reader.sort_key(json.loads(x)) for x in run]
+                assert [len(b"".join(run)), keys[0], keys[-1]] == ref[2:]
+            ref_lines = [(ref[0], reader.ref_line(ref)) for ref in refs]
+            groups = reader.cut(ref_lines, reader.REFLIST_TARGET, reader.REFLIST_MAX)
+            assert len(groups) == len(ds["reflist"]) == (0 if not refs else len(groups))
+            for group, rref in zip(groups, ds["reflist"], strict=True):
+                plain, _ = reader.read_reflist(rref)
+                assert plain == b"".join(group)
+                reflists += 1
+            assert ds["chunks"] == len(refs)
+    latest = reader.snapshots()[-1]["datasets"]["orders"]
+    assert latest["chunks"] > 100 and len(latest["reflist"]) > 2 and reflists > 10
+
+
+def test_every_pack_matches_its_header_and_every_blob_verifies(reader: FormatReader) -> None:
+    """§9-10: pack headers (read from the pack alone) equal the index; blobs lie back to back
+    from offset 0; every blob authenticates under its type's kind and its id recomputes."""
+    _, sizes, packs = reader.load_index()
+    assert len(reader.names("index/")) >= 3 and len(packs) > 8
+    stored = {reader.hex_id(n, "data/") for n in reader.names("data/")}
+    assert stored == set(packs)
+    flags_seen = set()
+    for pack_id, entries in packs.items():
+        size, header_start, header_entries = reader.pack_header(pack_id)
+        assert size == sizes[pack_id]
+        assert header_entries == entries
+        pos = 0
+        for e in entries:
+            assert e.offset == pos
+            pos += e.length
+            reader.read_blob(pack_id, e)
+            flags_seen.add(e.flags)
+        assert pos == header_start
+    # chunks raw, zstd and zstd with a dictionary; ref-lists; dictionaries
+    assert {0x00, 0x01, 0x02, 0x11} <= flags_seen
+    assert {f >> 4 for f in flags_seen} == {0, 1, 2}
+    assert flags_seen <= {0x00, 0x01, 0x02, 0x10, 0x11, 0x20, 0x21}
+
+
+def test_dictionaries_are_found_by_their_frame_id(reader: FormatReader) -> None:
+    """§9.5, §11.5: the big dataset has a dictionary, kept by the incremental run and replaced
+    by the --full run; the latest snapshot's chunks name both, by Dictionary_ID."""
+    first, second, third = (m["datasets"] for m in reader.snapshots())
+    assert first["orders"]["dict"] and second["orders"]["dict"] == first["orders"]["dict"]
+    assert third["orders"]["dict"] not in (None, first["orders"]["dict"])
+    assert all(first[n]["dict"] is None for n in first if n != "orders")  # too small
+    dict_ids = {}
+    for entry in (first, third):
+        pack_id, e = reader.locate(bytes.fromhex(entry["orders"]["dict"]))
+        raw = reader.read_blob(pack_id, e, expect=reader.TYPE_DICT)
+        assert raw[:4] == reader.ZSTD_DICT_MAGIC and len(raw) <= 65536
+        dict_ids[entry is first] = int.from_bytes(raw[4:8], "little")
+        assert 32768 <= dict_ids[entry is first] < 2 ** 31
+    assert set(reader.dictionaries()) == set(dict_ids.values())
+    named = set()
+    for ref in reader.chunk_refs(third["orders"]):
+        pack_id, e = reader.locate(bytes.fromhex(ref[0]))
+        if e.comp == 2:
+            name = f"data/{pack_id.hex()[:2]}/{pack_id.hex()}"
+            body = reader.open_envelope(reader.KIND_BLOB, e.blob_id,
+                                        reader.get(name)[e.offset:e.offset + e.length], name)
+            named.add(reader.frame_dict_id(body, name))
+            assert named >= {zstandard.get_frame_parameters(body).dict_id}  # cross-check
+    assert named == set(dict_ids.values())
+
+
+def test_reflist_summaries_and_order_are_checked(reader: FormatReader) -> None:
+    """§12.2: a ref-list that does not match its summary, or chunk refs out of key order."""
+    ds = reader.snapshots()[-1]["datasets"]["orders"]
+    rref = ds["reflist"][0]
+    for index, delta in ((1, 1), (2, 1), (3, -1)):
+        bad = list(rref)
+        bad[index] += delta
+        with pytest.raises(ReaderError) as exc:
+            reader.read_reflist(bad)
+        assert exc.value.kind == "format"
+    for index in (4, 5):
+        bad = list(rref)
+        bad[index] += "x"
+        with pytest.raises(ReaderError, match="summary"):
+            reader.read_reflist(bad)
+    swapped = dict(ds, reflist=[ds["reflist"][1], ds["reflist"][0], *ds["reflist"][2:]])
+    with pytest.raises(ReaderError) as exc:
+        reader.chunk_refs(swapped)
+    assert exc.value.kind == "integrity"
+    with pytest.raises(ReaderError, match="type"):  # a chunk is not a ref-list
+        chunk_id = reader.chunk_refs(ds)[0][0]
+        reader.read_reflist([chunk_id, *rref[1:]])
+
+
+def test_blob_flags_and_types_are_enforced(reader: FormatReader) -> None:
+    """§9.1, §9.4: unknown flags are refused; a blob opened as another type fails, whether the
+    reference expects another type or the entry's type is changed (the kind is in the context)."""
+    ds = reader.snapshots()[-1]["datasets"]["orders"]
+    pack_id, e = reader.locate(bytes.fromhex(reader.chunk_refs(ds)[0][0]))
+    assert e.btype == reader.TYPE_CHUNK
+    for flags in (e.flags | 0x04, e.flags | 0x08, e.flags | 0x40, e.flags | 0x80, 0x03, 0x30):
+        with pytest.raises(ReaderError, match="flags") as exc:
+            reader.read_blob(pack_id, Entry(e.blob_id, e.offset, e.length, e.raw_len, flags))
+        assert exc.value.kind == "integrity"
+    with pytest.raises(ReaderError, match="type"):
+        reader.read_blob(pack_id, e, expect=reader.TYPE_REFLIST)
+    for btype in (reader.TYPE_REFLIST, reader.TYPE_DICT):
+        moved = Entry(e.blob_id, e.offset, e.length, e.raw_len, e.comp | btype << 4)
+        with pytest.raises(ReaderError, match="authentication") as exc:
+            reader.read_blob(pack_id, moved)
+        assert exc.value.kind == "integrity"
+
+
+def test_missing_dictionary_is_an_integrity_error(built: Built) -> None:
+    fresh = FormatReader(built.root)
+    fresh.unlock(PASSPHRASE)
+    fresh._dicts = {}  # as if no index listed any dictionary blob
+    ds = fresh.snapshots()[-1]["datasets"]["orders"]
+    with pytest.raises(ReaderError, match="dictionary") as exc:
+        fresh.read_dataset({"datasets": {"orders": ds}}, "orders")
+    assert exc.value.kind == "integrity"
+
+
+def test_scrypt_key_file_opens_the_same_keyring(built: Built, reader: FormatReader) -> None:
+    other = FormatReader(built.root)
+    other.unlock(SECOND_PASSPHRASE)
+    assert other.keyring == reader.keyring and other.key_id != reader.key_id
+    assert other.current_epoch == 1 and set(other.keyring) == {1}
+    algs = sorted(json.loads(reader.get(n))["kdf"]["alg"] for n in reader.names("keys/"))
+    assert algs == ["argon2id", "scrypt"]
+
+
+def test_config_has_the_default_chunker(reader: FormatReader) -> None:
+    assert reader.config["chunker"] == {"target": 8192, "max": 65536}
+    assert reader.config["pack_size"] == 16 * 1024 * 1024  # the 48 KiB above was in memory only
+
+
+def test_lock_objects_decode(built: Built, reader: FormatReader) -> None:
+    from sellerbak.repository.locks import RepositoryLock
+    from sellerbak.storage.local import LocalStore
+    from tests.helpers import open_repo
+
+    assert reader.locks() == []
+    with RepositoryLock(open_repo(LocalStore(built.root)), exclusive=True):
+        (lock,) = reader.locks()
+    assert lock["exclusive"] is True and lock["pid"] == os.getpid()
+    assert lock["time"].endswith("+00:00")
+    assert reader.locks() == []
+
+
+# ----- what the reader must refuse ----------------------------------------------------------
+
+
+@pytest.fixture
+def copy(built: Built, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(built.root, tmp_path / "copy"))
+
+
+def test_wrong_passphrase_is_refused(built: Built) -> None:
+    with pytest.raises(ReaderError) as exc:
+        FormatReader(built.root).unlock("not the passphrase")
+    assert exc.value.kind == "wrong-passphrase"
+
+
+def test_edited_config_fails_its_mac(copy: Path) -> None:
+    cfg = json.loads((copy / "config").read_bytes())
+    cfg["pack_size"] = 2 * 1024 * 1024
+    (copy / "config").write_text(json.dumps(cfg))
+    with pytest.raises(ReaderError) as exc:
+        FormatReader(copy).unlock(PASSPHRASE)
+    assert exc.value.kind == "format" and "MAC" in str(exc.value)
+
+
+def test_key_file_bounds_are_checked_before_the_kdf(copy: Path) -> None:
+    """A key file asking for 1 TiB of memory is skipped at parse time, never run; an edited
+    but in-bounds parameter makes the unwrap fail (the context binds it); unknown members, in
+    the file or in `kdf`, make it malformed."""
+    reader = FormatReader(copy)
+    reader.read_config()
+    for name in reader.names("keys/"):
+        obj = json.loads(reader.get(name))
+        for extra in ({"comment": "x"}, {}):
+            edited = dict(obj, **extra, kdf=dict(obj["kdf"], **({} if extra else {"n": 1})))
+            with pytest.raises(ReaderError, match="unknown member|does not parse"):
+                reader.parse_key_file(name, json.dumps(edited).encode())
+        if obj["kdf"]["alg"] == "argon2id":
+            obj["kdf"]["m_kib"] = 1 << 30
+            with pytest.raises(ReaderError, match="out of bounds"):
+                reader.parse_key_file(name, json.dumps(obj).encode())
+            obj["kdf"]["m_kib"] = 19456 + 8
+            edited = reader.parse_key_file(name, json.dumps(obj).encode())
+            with pytest.raises(ReaderError) as exc:
+                reader.unwrap(edited, PASSPHRASE)
+            assert exc.value.kind == "wrong-passphrase"
+        else:  # each bound holds alone, but 128 * 32 * 2^22 bytes is 16 GiB
+            obj["kdf"].update(log_n=22, r=32)
+            with pytest.raises(ReaderError, match="out of bounds"):
+                reader.parse_key_file(name, json.dumps(obj).encode())
+            obj["kdf"].update(log_n=22, r=8)  # exactly 4 GiB: allowed
+            reader.parse_key_file(name, json.dumps(obj).encode())
+
+
+def test_real_code_refuses_unknown_key_file_members(copy: Path) -> None:
+    """The rule of §5 the reader applies is the one sellerbak applies."""
+    from sellerbak.errors import WrongPassphraseError
+    from sellerbak.storage.local import LocalStore
+    from tests.helpers import open_repo
+
+    for path in (copy / "keys").iterdir():
+        obj = json.loads(path.read_bytes())
+        path.chmod(0o600)
+        path.write_text(json.dumps(dict(obj, comment="x")))
+    with pytest.raises(WrongPassphraseError):
+        open_repo(LocalStore(copy))
+    with pytest.raises(ReaderError) as exc:
+        FormatReader(copy).unlock(PASSPHRASE)
+    assert exc.value.kind == "wrong-passphrase"
+
+
+def test_manifest_time_needs_a_zone(copy: Path, built: Built) -> None:
+    """§12.1, §12.3: a manifest whose time has no zone is unreadable; sellerbak skips it when
+    listing snapshots (with a warning) and the reader refuses it."""
+    from sellerbak.repository.manifest import load_manifests
+    from sellerbak.storage.local import LocalStore
+    from tests.helpers import open_repo
+
+    reader = FormatReader(copy)
+    reader.unlock(PASSPHRASE)
+    sid = bytes.fromhex(built.ids[-1])
+    manifest = reader.read_manifest(sid)
+    assert manifest["time"].endswith("Z") and len(manifest["time"]) == 27
+    naive = dict(manifest, time=manifest["time"][:-1])
+    path = copy / "snapshots" / sid.hex()
+    path.chmod(0o600)
+    plain = zstandard.ZstdCompressor().compress(reader.canonical(naive, ascii_form=True))
+    path.write_bytes(_reseal(reader, reader.KIND_MANIFEST, sid, plain))
+    with pytest.raises(ReaderError, match="zone") as exc:
+        reader.read_manifest(sid)
+    assert exc.value.kind == "format"
+    assert [m["id"] for m in reader.snapshots(skip_unreadable=True)] == built.ids[:2]
+    problems: list[str] = []
+    assert len(load_manifests(open_repo(LocalStore(copy)), problems)) == 2
+    assert len(problems) == 1
+    # the same manifest with an explicit offset is readable again, and orders by its instant
+    offset = dict(manifest, time=manifest["time"][:-1] + "+00:00")
+    plain = zstandard.ZstdCompressor().compress(reader.canonical(offset, ascii_form=True))
+    path.write_bytes(_reseal(reader, reader.KIND_MANIFEST, sid, plain))
+    assert [m["id"] for m in reader.snapshots()] == built.ids
+
+
+def test_moved_objects_fail_authentication(copy: Path, built: Built) -> None:
+    """The context binds repository, kind and id: a manifest under another name, or an index
+    opened as a manifest, does not verify."""
+    reader = FormatReader(copy)
+    reader.unlock(PASSPHRASE)
+    snaps = copy / "snapshots"
+    (snaps / built.ids[0]).unlink()
+    shutil.copyfile(snaps / built.ids[-1], snaps / built.ids[0])
+    with pytest.raises(ReaderError) as exc:
+        reader.snapshots()
+    assert exc.value.kind == "integrity"
+    index_name = reader.names("index/")[0]
+    with pytest.raises(ReaderError):
+        reader.open_envelope(reader.KIND_MANIFEST, bytes.fromhex(index_name[6:]),
+                             reader.get(index_name), index_name)
+
+
+def test_names_that_are_not_ids_are_ignored(reader: FormatReader) -> None:
+    """§3: uppercase hex and a `data/<xx>/` that does not match the id are not objects."""
+    h = "ab" * 32
+    assert reader.hex_id(f"snapshots/{h}", "snapshots/") == bytes.fromhex(h)
+    assert reader.hex_id(f"snapshots/{h.upper()}", "snapshots/") is None
+    assert reader.hex_id(f"data/ab/{h}", "data/") == bytes.fromhex(h)
+    assert reader.hex_id(f"data/cd/{h}", "data/") is None
+    assert reader.hex_id(f"data/{h}", "data/") is None
+
+
+def test_truncated_or_flipped_blob_fails(copy: Path) -> None:
+    reader = FormatReader(copy)
+    reader.unlock(PASSPHRASE)
+    _, _, packs = reader.load_index()
+    pack_id, entries = next(iter(packs.items()))
+    path = copy / "data" / pack_id.hex()[:2] / pack_id.hex()
+    data = bytearray(path.read_bytes())
+    e = entries[0]
+    data[e.offset + e.length - 1] ^= 0x01
+    path.chmod(0o600)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ReaderError) as exc:
+        reader.read_blob(pack_id, e)
+    assert exc.value.kind == "integrity"
+    short = Entry(e.blob_id, e.offset, e.length - 16, e.raw_len, e.flags)
+    with pytest.raises(ReaderError):
+        reader.read_blob(pack_id, short)
