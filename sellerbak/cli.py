@@ -217,16 +217,24 @@ def snapshot(
             say(f"warning: {len(run.problems)} snapshot(s) could not be read and were "
                 "ignored; run 'sellerbak check'")
         for src in sources:
+            if hasattr(src, "set_progress"):  # API sources report requests and throttling
+                src.set_progress(progress)
             result = run.run(src, tags=list(tag or []), full=full, at=when)
             results.append(result)
             m = result.manifest
             if not settings.json:
                 typer.echo(m.id.hex()[:8] if settings.quiet else m.id.hex())
+            api = src.summary() if hasattr(src, "summary") else ""
             say(f"snapshot {m.short_id} of {m.source}: {m.records} records in "
                 f"{len(m.datasets)} datasets, {_human_size(m.bytes)}; added "
                 f"{_human_size(result.stats.bytes_stored)} in {result.seconds:.1f}s"
+                + (f"; {api}" if api else "")
                 + (f"; INCOMPLETE: {', '.join(result.incomplete)}" if result.incomplete
                    else ""))
+            for name in result.incomplete:
+                problem = m.datasets[name].problem
+                if problem:
+                    say(f"warning: {name}: {problem}")
     if settings.json:
         emit_json({"snapshots": [{
             "id": r.manifest.id.hex(), "source": r.manifest.source, "time": r.manifest.time,
@@ -415,6 +423,32 @@ def key_passwd(
         emit_json({"key_id": kf.key_id, "removed": repo.key_id})
     else:
         say(f"passphrase changed: key {repo.key_id} replaced by {kf.key_id}")
+
+
+# ----- auth ---------------------------------------------------------------------------------
+
+
+@app.command()
+def auth(
+    source: str = typer.Argument(..., help="The tiktok source to authorize."),
+    code: str = typer.Option(..., "--code", help="The authorization code from TikTok Shop's "
+                             "redirect after the seller authorized the app."),
+) -> None:
+    """Exchange a TikTok Shop authorization code for tokens (kept in the state directory)."""
+    from sellerbak.backup.exporters.tiktok import authorize
+
+    config = settings.config
+    out = authorize(config, config.source(source), code)
+    if settings.json:
+        emit_json(out)
+        return
+    say(f"authorized source {source}: seller {out['seller_name'] or '?'} "
+        f"({out['seller_base_region'] or '?'}); access token valid until "
+        f"{out['access_token_expires']}; scopes: {', '.join(out['scopes']) or 'not listed'}")
+    for shop in out.get("shops", []):
+        typer.echo(f"{shop['cipher']}\t{shop['name']}\t{shop['region']}")
+    if out.get("shops_error"):
+        say(f"warning: could not list the shops: {out['shops_error']}")
 
 
 # ----- demo ---------------------------------------------------------------------------------

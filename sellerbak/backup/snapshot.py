@@ -25,17 +25,14 @@ from zstandard import ZstdCompressionDict, ZstdError, train_dictionary
 
 from sellerbak import __version__
 from sellerbak.backup.chunker import Chunk, Chunker
-from sellerbak.backup.exporters.base import DatasetExport, Source
+from sellerbak.backup.exporters.base import Source
+from sellerbak.backup.worker import ChunkerParams, ExportStream, RemoteDataset, Restart
 from sellerbak.errors import IntegrityError, SourceError
 from sellerbak.records import (
     Line,
-    OutOfOrderError,
-    encode_records,
     merge_changes,
     parse_line,
     record_key,
-    require_sorted,
-    sort_records,
 )
 from sellerbak.repository.datasets import iter_chunks
 from sellerbak.repository.format import TYPE_CHUNK, TYPE_DICT, TYPE_REFLIST
@@ -65,7 +62,7 @@ REFLIST_TARGET = 4 * 1024
 REFLIST_MAX = 32 * 1024
 #: dictionary training: the first records of a dataset's first snapshot
 DICT_SIZE = 64 * 1024
-DICT_SAMPLES = 5000
+DICT_SAMPLES = 2000
 DICT_MIN_RECORDS = 200
 DICT_MIN_BYTES = 256 * 1024
 
@@ -144,6 +141,8 @@ class _DatasetBuilder:
         self.chunker = Chunker(repo.chunker_key, repo.chunk_target, repo.chunk_max)
         self.reflist = _RefListWriter(repo, writer)
         self.hasher = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self.chunks = 0
         self.records = 0
         self.bytes = 0
@@ -154,10 +153,15 @@ class _DatasetBuilder:
         if chunk is not None:
             self._emit(chunk)
 
+    def add_chunk(self, chunk: Chunk) -> None:
+        """A chunk cut elsewhere (by the export process) by the same boundary rule."""
+        self._emit(chunk)
+
     def finish(self) -> None:
         chunk = self.chunker.flush()
         if chunk is not None:
             self._emit(chunk)
+        self._hash_pending()
         self.reflist.finish(self.last_key)
 
     def _emit(self, chunk: Chunk) -> None:
@@ -170,8 +174,17 @@ class _DatasetBuilder:
         self.writer.stats.chunks_reused += 1
         self._account(ref, plain)
 
+    def _hash_pending(self) -> None:
+        if self._pending:
+            self.hasher.update(b"".join(self._pending))
+            self._pending, self._pending_size = [], 0
+
     def _account(self, ref: ChunkRef, data: bytes) -> None:
-        self.hasher.update(data)
+        # hashed in ~1 MiB pieces: per-call costs dominate at chunk size
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= 1 << 20:
+            self._hash_pending()
         self.reflist.add(ref)
         self.chunks += 1
         self.records += ref.records
@@ -179,7 +192,7 @@ class _DatasetBuilder:
         self.last_key = ref.last_key
         self.progress.records(ref.records)
 
-    def entry(self, export: DatasetExport, dict_id: bytes | None) -> DatasetEntry:
+    def entry(self, export: RemoteDataset, dict_id: bytes | None) -> DatasetEntry:
         return DatasetEntry(export.name, self.records, self.bytes, self.hasher.hexdigest(),
                             self.chunks, self.reflist.refs, dict_id, export.cursor,
                             export.complete, export.problem, dict(export.meta))
@@ -218,8 +231,11 @@ class SnapshotRun:
                        if d.complete and d.cursor is not None}
         writer = PackWriter(self.repo, self.index, on_upload=self.progress.uploaded)
         datasets: dict[str, DatasetEntry] = {}
+        chunking = ChunkerParams(self.repo.chunker_key, self.repo.chunk_target,
+                                 self.repo.chunk_max)
+        stream = ExportStream(source, cursors, full, chunking, self.tmpdir)
         try:
-            for export in source.export(cursors, full):
+            for export in stream.datasets():
                 if export.name in datasets:
                     raise SourceError(f"source {source.name} gave dataset {export.name} twice")
                 self.progress.dataset(source.name, export.name)
@@ -227,6 +243,7 @@ class SnapshotRun:
             writer.flush()
             writer_stats = writer.stats
         finally:
+            stream.close()
             writer.close()
         manifest = Manifest(
             id=new_manifest_id(), time=format_time(at) if at else now_rfc3339(),
@@ -247,45 +264,50 @@ class SnapshotRun:
         incomplete = [n for n, d in datasets.items() if not d.complete]
         return SnapshotResult(manifest, writer_stats, seconds, incomplete)
 
-    def _dataset(self, export: DatasetExport, prev: Manifest | None,
+    def _dataset(self, export: RemoteDataset, prev: Manifest | None,
                  writer: PackWriter) -> DatasetEntry:
         base = prev.datasets.get(export.name) if prev else None
-        encoded = encode_records(export.records, export.name)
-        if export.sorted or export.reopen is not None:
-            lines = require_sorted(encoded, export.name)
-        else:
-            lines = sort_records(encoded, export.name, self.tmpdir)
-        try:
-            return self._build(export, lines, base, writer)
-        except OutOfOrderError:
-            if export.reopen is None:
-                raise
-        # not sorted after all: start again from the top, sorting on the way in (what was
-        # already stored is deduplicated or left for prune)
-        lines = sort_records(encode_records(export.reopen(), export.name), export.name,
-                             self.tmpdir)
-        return self._build(export, lines, base, writer)
-
-    def _build(self, export: DatasetExport, lines: Iterator[Line], base: DatasetEntry | None,
-               writer: PackWriter) -> DatasetEntry:
         if export.mode == "changes" and base is None:
             raise SourceError(f"dataset {export.name}: source sent changes but there is "
                               "no previous snapshot of it to apply them to")
-        dict_id, zdict, lines = self._dictionary(base, lines, writer)
-        builder = _DatasetBuilder(self.repo, writer, self.progress, zdict)
+        while True:
+            try:
+                return self._build(export, base, writer)
+            except Restart:
+                # the records were not sorted after all and come again, sorted; what was
+                # already stored is deduplicated or left for prune
+                continue
+
+    def _build(self, export: RemoteDataset, base: DatasetEntry | None,
+               writer: PackWriter) -> DatasetEntry:
         if export.mode == "changes":
             assert base is not None
-            self._merge(builder, base, lines, export)
+            lines = export.lines()
+            head = list(itertools.islice(lines, DICT_SAMPLES)) if base.dict_id is None else []
+            dict_id, zdict = self._dictionary(base, [line for _key, line in head], writer)
+            builder = _DatasetBuilder(self.repo, writer, self.progress, zdict)
+            self._merge(builder, base, itertools.chain(head, lines), export)
         else:
-            for key, line in lines:
-                builder.feed(key, line)
+            chunks = export.chunks()
+            head_chunks: list[Chunk] = []
+            samples: list[bytes] = []
+            if base is None or base.dict_id is None:
+                for chunk in chunks:
+                    head_chunks.append(chunk)
+                    samples.extend(chunk.data.splitlines(keepends=True))
+                    if len(samples) >= DICT_SAMPLES:
+                        break
+            dict_id, zdict = self._dictionary(base, samples[:DICT_SAMPLES], writer)
+            builder = _DatasetBuilder(self.repo, writer, self.progress, zdict)
+            for chunk in itertools.chain(head_chunks, chunks):
+                builder.add_chunk(chunk)
         builder.finish()
         return builder.entry(export, dict_id)
 
-    def _dictionary(self, base: DatasetEntry | None, lines: Iterator[Line], writer: PackWriter
-                    ) -> tuple[bytes | None, ZstdCompressionDict | None, Iterator[Line]]:
-        """The dataset's compression dictionary: the previous snapshot's, or one trained on the
-        first records. Small chunks compress almost as well as large ones with it, which is
+    def _dictionary(self, base: DatasetEntry | None, samples: list[bytes], writer: PackWriter
+                    ) -> tuple[bytes | None, ZstdCompressionDict | None]:
+        """The dataset's compression dictionary: the previous snapshot's, or one trained on
+        sample records. Small chunks compress almost as well as large ones with it, which is
         what lets a night's scattered changes be stored in small pieces."""
         if base is not None and base.dict_id is not None:
             if base.dict_id not in self._dicts:
@@ -293,34 +315,31 @@ class SnapshotRun:
                     (raw,) = list(self.reader.read([base.dict_id], TYPE_DICT))
                     self._dicts[base.dict_id] = load_dictionary(raw)
                 except (IntegrityError, ValueError, ZstdError):
-                    return None, None, lines  # dictionary gone: store without one
-            return base.dict_id, self._dicts[base.dict_id], lines
-        head = list(itertools.islice(lines, DICT_SAMPLES))
-        lines = itertools.chain(head, lines)
-        if len(head) < DICT_MIN_RECORDS or sum(len(x[1]) for x in head) < DICT_MIN_BYTES:
-            return None, None, lines
+                    return None, None  # dictionary gone: store without one
+            return base.dict_id, self._dicts[base.dict_id]
+        if len(samples) < DICT_MIN_RECORDS or sum(map(len, samples)) < DICT_MIN_BYTES:
+            return None, None
         taken = self.reader.dictionary_ids()
         dict_id = secrets.randbelow(2**31 - 2**15) + 2**15
         while dict_id in taken:
             dict_id = secrets.randbelow(2**31 - 2**15) + 2**15
         try:
-            zdict = train_dictionary(DICT_SIZE, [x[1] for x in head], level=ZSTD_LEVEL,
-                                     dict_id=dict_id)
+            zdict = train_dictionary(DICT_SIZE, samples, level=ZSTD_LEVEL, dict_id=dict_id)
         except ZstdError:
-            return None, None, lines
+            return None, None
         raw = zdict.as_bytes()
-        dict_id = self.repo.blob_id(TYPE_DICT, raw)
-        writer.add(dict_id, raw, TYPE_DICT)
-        self._dicts[dict_id] = load_dictionary(raw)
-        return dict_id, self._dicts[dict_id], lines
+        blob_id = self.repo.blob_id(TYPE_DICT, raw)
+        writer.add(blob_id, raw, TYPE_DICT)
+        self._dicts[blob_id] = load_dictionary(raw)
+        return blob_id, self._dicts[blob_id]
 
     def _merge(self, builder: _DatasetBuilder, base: DatasetEntry, changes: Iterator[Line],
-               export: DatasetExport) -> None:
+               export: RemoteDataset) -> None:
         """Apply sorted changes to the previous dataset chunk by chunk: an untouched chunk is
         kept by reference when the chunker is at a boundary; chunks around changes are re-cut.
         The last chunk is re-cut whenever records follow it: it was cut by the end of the data,
         not by the boundary rule, and keeping it would leave a short chunk behind each night."""
-        deleted = sorted({str(d) for d in export.deleted_ids})
+        deleted = export.deleted_ids  # sorted strings
         di = 0
         pending = next(changes, None)
         base_chunks = iter_chunks(self.reader, base)

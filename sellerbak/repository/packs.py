@@ -239,7 +239,7 @@ class ChunkReader:
 
     #: a request covers at most this many bytes of *plaintext* (data compresses 5-10x, so
     #: bounding compressed bytes alone would let decompressed read-ahead balloon)
-    MAX_REQUEST_RAW = 2 * 1024 * 1024
+    MAX_REQUEST_RAW = 4 * 1024 * 1024
     MAX_REQUEST = 4 * 1024 * 1024
     MAX_GAP = 256 * 1024
 
@@ -296,7 +296,7 @@ class ChunkReader:
             raise IntegrityError(f"{name} has size {stored}, the index says "
                                  f"{self.index.packs[pack_id].size} (truncated or replaced)")
 
-    def _fetch(self, pack_id: bytes, entries: list[BlobEntry]) -> list[bytes]:
+    def _fetch(self, pack_id: bytes, entries: list[BlobEntry]) -> list[memoryview]:
         name = pack_name(pack_id)
         self._check_size(pack_id, name)
         start = entries[0].offset
@@ -355,9 +355,10 @@ class ChunkReader:
             raise IntegrityError(f"{what}: plaintext has the wrong size")
         return plain
 
-    def check_blob(self, name: str, e: BlobEntry, group_plain: bytes) -> bytes:
-        """One blob out of its group's plaintext, with its keyed id recomputed."""
-        plain = group_plain[e.raw_offset: e.raw_offset + e.raw_len]
+    def check_blob(self, name: str, e: BlobEntry, group_plain: bytes) -> memoryview:
+        """One blob out of its group's plaintext (a view, not a copy), its keyed id
+        recomputed."""
+        plain = memoryview(group_plain)[e.raw_offset: e.raw_offset + e.raw_len]
         if len(plain) != e.raw_len or self.repo.blob_id(blob_type(e.flags), plain) != e.chunk_id:
             raise IntegrityError(f"{name} blob {e.chunk_id.hex()[:16]}: content does not match "
                                  "its id")
@@ -407,7 +408,7 @@ class ChunkReader:
     def read(self, blob_ids: Iterable[bytes], btype: int = TYPE_CHUNK) -> Iterator[bytes]:
         """The blobs' plaintexts in order; each must be of type `btype` (a reference to a
         chunk can never be answered with a ref-list or a dictionary, whatever the index says)."""
-        pending: deque[Future[list[bytes]]] = deque()
+        pending: deque[Future[list[memoryview]]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="read") as pool:
             try:
                 for pack_id, entries in self._plan(blob_ids):
@@ -417,9 +418,13 @@ class ChunkReader:
                                                  "type its reference expects")
                     pending.append(pool.submit(self._fetch, pack_id, entries))
                     while len(pending) > self.read_ahead:
-                        yield from pending.popleft().result()
+                        # copied out of the group only when taken: read-ahead holds each
+                        # group's plaintext once, not twice
+                        for view in pending.popleft().result():
+                            yield view.tobytes()
                 while pending:
-                    yield from pending.popleft().result()
+                    for view in pending.popleft().result():
+                        yield view.tobytes()
             finally:
                 for fut in pending:
                     fut.cancel()

@@ -38,7 +38,16 @@ def _options(config: Config, src: SourceConfig) -> dict[str, Any]:
         raw = option(src, "path", str, None, path)
         p = Path(raw).expanduser()
         return {"path": p if p.is_absolute() else src.base_dir / p}
+    if src.type == "tiktok":
+        return {"tiktok": _tiktok_options(config, src)}
     raise ConfigError(f"{path}: {src.key}.type: source type {src.type!r} is not available yet")
+
+
+def _tiktok_options(config: Config, src: SourceConfig) -> Any:
+    """`type: tiktok`: validated by the tiktok package (keys, secrets, URLs, datasets)."""
+    from sellerbak.backup.exporters.tiktok import parse_options
+
+    return parse_options(config, src)
 
 
 def build_source(config: Config, src: SourceConfig) -> Source:
@@ -48,6 +57,10 @@ def build_source(config: Config, src: SourceConfig) -> Source:
 
         night = opts["night"] if opts["night"] is not None else demo_night(config, src.name)
         return DemoSource(src.name, seed=opts["seed"], orders=opts["orders"], night=night)
+    if src.type == "tiktok":
+        from sellerbak.backup.exporters.tiktok import TikTokSource
+
+        return TikTokSource(src.name, opts["tiktok"])
     from sellerbak.backup.exporters.files import FilesSource
 
     return FilesSource(src.name, opts["path"])

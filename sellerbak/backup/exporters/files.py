@@ -5,6 +5,10 @@ Every `*.jsonl` and `*.csv` file under `path` is one dataset named by its path r
 JSON objects; CSV rows become objects of strings keyed by the header, and the header's column
 order is kept in the manifest so `restore --format csv` gives the columns back in that order.
 Every record needs an `id`. Files are streamed, never read whole.
+
+Seller Center's own exports (the orders CSV/XLSX and the finance "Order details" XLSX) are
+recognised by their columns and mapped to the `orders` and `finance/transactions` datasets,
+keyed by the platform's ids (see sellercenter.py).
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from sellerbak.backup.exporters import sellercenter
 from sellerbak.backup.exporters.base import DatasetExport, Record
 from sellerbak.errors import SourceError
 from sellerbak.records import parse_json
 
 SUFFIXES = (".jsonl", ".csv")
+SELLER_CENTER_SUFFIXES = (".csv", ".xlsx")
 
 
 class FilesSource:
@@ -33,7 +39,13 @@ class FilesSource:
         if not self.path.is_dir():
             raise SourceError(f"source {self.name}: {self.path} is not a directory")
         found: dict[str, Path] = {}
+        self.seller_center: dict[str, list[Path]] = {}
         for file in sorted(self.path.rglob("*")):
+            if file.suffix.lower() in SELLER_CENTER_SUFFIXES and file.is_file():
+                kind = sellercenter.detect(file)
+                if kind is not None:
+                    self.seller_center.setdefault(kind, []).append(file)
+                    continue
             if file.suffix.lower() not in SUFFIXES or not file.is_file():
                 continue
             rel = file.relative_to(self.path).with_suffix("")
@@ -42,6 +54,10 @@ class FilesSource:
                 raise SourceError(f"source {self.name}: {found[name].name} and {file.name} "
                                   f"would both be dataset {name}")
             found[name] = file
+        for name, files in self.seller_center.items():
+            if name in found:
+                raise SourceError(f"source {self.name}: {found[name].name} and the Seller "
+                                  f"Center export {files[0].name} would both be dataset {name}")
         return found
 
     def export(self, cursors: dict[str, Any], full: bool) -> Iterator[DatasetExport]:
@@ -53,6 +69,8 @@ class FilesSource:
             else:
                 yield DatasetExport(name, _read_jsonl(file, self.path),
                                     reopen=partial(_read_jsonl, file, self.path))
+        for name, files in sorted(self.seller_center.items()):
+            yield sellercenter.export(name, files)
 
 
 def _where(file: Path, root: Path, line: int) -> str:

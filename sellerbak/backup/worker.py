@@ -1,0 +1,245 @@
+"""Run a source's export in a child process, streaming canonical, ordered records back.
+
+Why: reading, parsing and canonically encoding records is the largest single-threaded cost of a
+snapshot, and it holds the GIL. In a child process it runs on the second core, overlapping with
+the parent's chunking, hashing, compression and uploads.
+
+The child is forked (it inherits the configured source as is; nothing needs pickling) and talks
+over a pipe:
+
+    ("dataset", name, mode, deleted_ids)   a dataset starts; deleted ids come first, sorted
+    ("chunks", [(data, records, first, last), ...])   a full dataset, already cut into chunks
+                                           by the repository's boundary rule (~1 MiB a message)
+    ("lines", [(key, line), ...])          a change set: canonical lines in id order, for the
+                                           parent to merge into the previous snapshot
+    ("restart",)                           records were not sorted after all: the dataset
+                                           starts over, sorted (the parent drops what it cut)
+    ("end", cursor, complete, problem, meta)
+    ("done",) | ("error", class_name, message, exit_code)
+
+Where fork is not available, or `SELLERBAK_NO_WORKER` is set, the same protocol runs in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing.connection import Connection
+from typing import Any
+
+from sellerbak import errors
+from sellerbak.backup.chunker import Chunk, Chunker
+from sellerbak.backup.exporters.base import DatasetExport, Source
+from sellerbak.errors import SellerbakError, SourceError
+from sellerbak.records import (
+    Line,
+    OutOfOrderError,
+    encode_records,
+    require_sorted,
+    sort_records,
+)
+
+log = logging.getLogger(__name__)
+BATCH_BYTES = 1 << 20
+BATCH_LINES = 8192
+
+
+class Restart(Exception):
+    """The dataset's records start over from the top (now sorted)."""
+
+
+def _lines_of(export: DatasetExport, tmpdir: str | None) -> Iterator[Line]:
+    encoded = encode_records(export.records, export.name)
+    if export.sorted or export.reopen is not None:
+        return require_sorted(encoded, export.name)
+    return sort_records(encoded, export.name, tmpdir)
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    key: bytes
+    target: int
+    maximum: int
+
+
+def produce(source: Source, cursors: dict[str, Any], full: bool, tmpdir: str | None,
+            chunking: ChunkerParams) -> Iterator[tuple[Any, ...]]:
+    """The message stream for one source (runs in the child)."""
+    try:
+        for export in source.export(cursors, full):
+            deleted = (sorted({str(d) for d in export.deleted_ids})
+                       if export.mode == "changes" else [])
+            yield ("dataset", export.name, export.mode, deleted)
+            batches = _line_batches if export.mode == "changes" else partial(
+                _chunk_batches, chunking)
+            try:
+                yield from batches(_lines_of(export, tmpdir))
+            except OutOfOrderError:
+                if export.reopen is None:
+                    raise
+                yield ("restart",)
+                yield from batches(sort_records(encode_records(export.reopen(), export.name),
+                                                export.name, tmpdir))
+            yield ("end", export.cursor, export.complete, export.problem, dict(export.meta))
+        yield ("done",)
+    except SellerbakError as exc:
+        yield ("error", type(exc).__name__, str(exc), exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - reported as one line by the parent
+        log.debug("export failed", exc_info=True)
+        yield ("error", "SourceError", f"source {source.name} failed: {type(exc).__name__}", 1)
+
+
+def _chunk_batches(params: ChunkerParams, lines: Iterator[Line]
+                   ) -> Iterator[tuple[str, list[tuple[bytes, int, str, str]]]]:
+    chunker = Chunker(params.key, params.target, params.maximum)
+    batch: list[tuple[bytes, int, str, str]] = []
+    size = 0
+    for key, line in lines:
+        chunk = chunker.feed(key, line)
+        if chunk is not None:
+            batch.append((chunk.data, chunk.records, chunk.first_key, chunk.last_key))
+            size += len(chunk.data)
+            if size >= BATCH_BYTES:
+                yield ("chunks", batch)
+                batch, size = [], 0
+    chunk = chunker.flush()
+    if chunk is not None:
+        batch.append((chunk.data, chunk.records, chunk.first_key, chunk.last_key))
+    if batch:
+        yield ("chunks", batch)
+
+
+def _line_batches(lines: Iterator[Line]) -> Iterator[tuple[str, list[Line]]]:
+    batch: list[Line] = []
+    size = 0
+    for item in lines:
+        batch.append(item)
+        size += len(item[1])
+        if size >= BATCH_BYTES or len(batch) >= BATCH_LINES:
+            yield ("lines", batch)
+            batch, size = [], 0
+    if batch:
+        yield ("lines", batch)
+
+
+def _child(conn: Connection, source: Source, cursors: dict[str, Any], full: bool,
+           tmpdir: str | None, chunking: ChunkerParams) -> None:
+    try:
+        for message in produce(source, cursors, full, tmpdir, chunking):
+            conn.send(message)
+    except (BrokenPipeError, EOFError):
+        pass  # the parent went away: stop
+    finally:
+        conn.close()
+
+
+class ExportStream:
+    """The parent's view of a running export: datasets one after another."""
+
+    def __init__(self, source: Source, cursors: dict[str, Any], full: bool,
+                 chunking: ChunkerParams, tmpdir: str | None = None) -> None:
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        if _can_fork():
+            ctx = multiprocessing.get_context("fork")
+            parent, child = ctx.Pipe(duplex=False)
+            self._proc = ctx.Process(target=_child,
+                                     args=(child, source, cursors, full, tmpdir, chunking),
+                                     daemon=True, name=f"export-{source.name}")
+            self._proc.start()
+            child.close()
+            self._conn = parent
+            self._messages: Iterator[tuple[Any, ...]] = self._receive()
+        else:
+            self._messages = produce(source, cursors, full, tmpdir, chunking)
+
+    def _receive(self) -> Iterator[tuple[Any, ...]]:
+        assert self._conn is not None
+        while True:
+            try:
+                yield self._conn.recv()
+            except EOFError:
+                raise SourceError("the export process ended unexpectedly") from None
+
+    def _next(self) -> tuple[Any, ...]:
+        message = next(self._messages)
+        if message[0] == "error":
+            _, cls_name, text, code = message
+            cls = getattr(errors, cls_name, None)
+            if not (isinstance(cls, type) and issubclass(cls, SellerbakError)):
+                cls = SourceError
+            exc = cls(text)
+            exc.exit_code = code
+            raise exc
+        return message
+
+    def datasets(self) -> Iterator[RemoteDataset]:
+        while True:
+            message = self._next()
+            if message[0] == "done":
+                return
+            if message[0] != "dataset":
+                raise SourceError(f"export protocol error: unexpected {message[0]!r}")
+            _, name, mode, deleted = message
+            dataset = RemoteDataset(self, name, mode, deleted)
+            yield dataset
+            dataset.drain()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(timeout=5)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+
+
+class RemoteDataset:
+    """One dataset arriving from the export; attributes mirror DatasetExport."""
+
+    def __init__(self, stream: ExportStream, name: str, mode: str, deleted: list[str]) -> None:
+        self._stream = stream
+        self.name = name
+        self.mode = mode
+        self.deleted_ids = deleted
+        self.cursor: Any = None
+        self.complete = True
+        self.problem: str | None = None
+        self.meta: dict[str, Any] = {}
+        self._ended = False
+
+    def lines(self) -> Iterator[Line]:
+        """A change set's lines; raises Restart when the export starts the dataset over."""
+        return self._items("lines")  # type: ignore[return-value]
+
+    def chunks(self) -> Iterator[Chunk]:
+        """A full dataset's chunks; raises Restart when the export starts the dataset over."""
+        return (Chunk(*c) for c in self._items("chunks"))
+
+    def _items(self, expect: str) -> Iterator[Any]:
+        while not self._ended:
+            message = self._stream._next()
+            kind = message[0]
+            if kind == expect:
+                yield from message[1]
+            elif kind == "restart":
+                raise Restart
+            elif kind == "end":
+                _, self.cursor, self.complete, self.problem, self.meta = message
+                self._ended = True
+            else:
+                raise SourceError(f"export protocol error: unexpected {kind!r}")
+
+    def drain(self) -> None:
+        for _ in self._items("lines" if self.mode == "changes" else "chunks"):
+            pass
+
+
+def _can_fork() -> bool:
+    return (hasattr(os, "fork") and "fork" in multiprocessing.get_all_start_methods()
+            and not os.environ.get("SELLERBAK_NO_WORKER"))
