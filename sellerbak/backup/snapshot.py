@@ -216,6 +216,7 @@ class SnapshotRun:
         self.problems: list[str] = []
         self.manifests = load_manifests(repo, self.problems)
         self._dicts: dict[bytes, ZstdCompressionDict] = {}
+        self._trained_ids: set[int] = set()
 
     def previous(self, source: str) -> Manifest | None:
         mine = [m for m in self.manifests if m.source == source]
@@ -319,7 +320,7 @@ class SnapshotRun:
             return base.dict_id, self._dicts[base.dict_id]
         if len(samples) < DICT_MIN_RECORDS or sum(map(len, samples)) < DICT_MIN_BYTES:
             return None, None
-        taken = self.reader.dictionary_ids()
+        taken = self.reader.dictionary_ids() | self._trained_ids
         dict_id = secrets.randbelow(2**31 - 2**15) + 2**15
         while dict_id in taken:
             dict_id = secrets.randbelow(2**31 - 2**15) + 2**15
@@ -327,6 +328,7 @@ class SnapshotRun:
             zdict = train_dictionary(DICT_SIZE, samples, level=ZSTD_LEVEL, dict_id=dict_id)
         except ZstdError:
             return None, None
+        self._trained_ids.add(dict_id)
         raw = zdict.as_bytes()
         blob_id = self.repo.blob_id(TYPE_DICT, raw)
         writer.add(blob_id, raw, TYPE_DICT)

@@ -250,10 +250,10 @@ class ChunkReader:
         self.workers = workers
         self.read_ahead = read_ahead
         self._dicts: dict[int, list[zstandard.ZstdCompressionDict]] = {}
-        self._dicts_loaded = False
+        self._dict_blobs: set[bytes] = set()
         self._dict_lock = threading.RLock()
         self._layout_lock = threading.Lock()
-        self._layouts: dict[bytes, dict[int, tuple[bytes, int]]] = {}
+        self._layouts: dict[bytes, dict[int, tuple[bytes, int, int]]] = {}
         self._sizes: dict[bytes, int] | None = None
 
     def _plan(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, list[BlobEntry]]]:
@@ -314,18 +314,18 @@ class ChunkReader:
             out.append(self.check_blob(name, e, plain))
         return out
 
-    def group_layout(self, pack_id: bytes) -> dict[int, tuple[bytes, int]]:
-        """Per group offset in a pack: the id of its first blob (the group's sealing id) and
-        the size of its plaintext."""
+    def group_layout(self, pack_id: bytes) -> dict[int, tuple[bytes, int, int]]:
+        """Per group offset in a pack: the id of its first blob (the group's sealing id), the
+        size of its plaintext, and the first blob's length."""
         with self._layout_lock:
             layout = self._layouts.get(pack_id)
             if layout is None:
                 layout = {}
                 for e in self.index.packs[pack_id].blobs:
-                    first, size = layout.get(e.offset, (b"", 0))
+                    first, size, first_len = layout.get(e.offset, (b"", 0, 0))
                     if e.raw_offset == 0:
-                        first = e.chunk_id
-                    layout[e.offset] = (first, max(size, e.raw_offset + e.raw_len))
+                        first, first_len = e.chunk_id, e.raw_len
+                    layout[e.offset] = (first, max(size, e.raw_offset + e.raw_len), first_len)
                 self._layouts[pack_id] = layout
             return layout
 
@@ -335,7 +335,8 @@ class ChunkReader:
         btype = blob_type(e.flags)
         if btype not in KIND_OF_TYPE or e.flags & ~KNOWN_FLAGS:
             raise IntegrityError(f"{what}: unknown blob type or flags")
-        first, size = self.group_layout(pack_id).get(e.offset, (b"", 0))
+        layout = self.group_layout(pack_id).get(e.offset, (b"", 0, 0))
+        first, size, _first_len = layout
         if not first:
             raise IntegrityError(f"{what}: the index lists no first blob for it")
         body = self.repo.open_sealed(KIND_OF_TYPE[btype], first, sealed, what)
@@ -344,7 +345,7 @@ class ChunkReader:
             if comp == COMP_ZSTD:
                 plain = _decompressor(None).decompress(body, max_output_size=size)
             elif comp == COMP_ZSTD_DICT:
-                plain = self._decompress_with_dictionary(body, size, what)
+                plain = self._decompress_with_dictionary(body, layout, btype, what)
             elif comp == COMP_NONE:
                 plain = body
             else:
@@ -365,34 +366,37 @@ class ChunkReader:
         return plain
 
     def _load_dictionaries(self) -> None:
-        """Load every dictionary blob the index lists, once. One that cannot be read is
-        skipped: only chunks that need it will fail, with a clear error."""
+        """Load the dictionary blobs the index lists that are not loaded yet (the index grows
+        while a snapshot runs). One that cannot be read is skipped: only groups that need it
+        will fail, with a clear error."""
         with self._dict_lock:
-            if self._dicts_loaded:
-                return
             for cid, loc in list(self.index.chunks.items()):
                 e = loc.entry
-                if blob_type(e.flags) != TYPE_DICT or e.raw_len > MAX_DICT_BYTES:
+                if (blob_type(e.flags) != TYPE_DICT or e.raw_len > MAX_DICT_BYTES
+                        or cid in self._dict_blobs):
                     continue
+                self._dict_blobs.add(cid)
                 try:
                     (raw,) = list(self.read([cid], TYPE_DICT))
                     zdict = load_dictionary(raw)
                 except (IntegrityError, zstandard.ZstdError, ValueError):
                     continue
                 self._dicts.setdefault(zdict.dict_id(), []).append(zdict)
-            self._dicts_loaded = True
 
     def dictionary_ids(self) -> set[int]:
         """zstd dictIDs already used in this repository (a new dictionary picks another)."""
         self._load_dictionaries()
         return set(self._dicts)
 
-    def _decompress_with_dictionary(self, body: bytes, size: int, what: str) -> bytes:
+    def _decompress_with_dictionary(self, body: bytes, layout: tuple[bytes, int, int],
+                                    btype: int, what: str) -> bytes:
         """Decompress a frame made with a dictionary. The frame names the dictionary by its
-        32-bit dictID; should two dictionaries ever share one, each is tried and the output
-        must still decompress to the expected size (blob ids are verified afterwards)."""
+        32-bit dictID; should two dictionaries ever share one, each is tried, and the right one
+        is the one whose output gives the group's first blob its id back."""
+        first_id, size, first_len = layout
         dict_id = zstandard.get_frame_parameters(body).dict_id
-        self._load_dictionaries()
+        if dict_id not in self._dicts:
+            self._load_dictionaries()
         candidates = self._dicts.get(dict_id, [])
         if not candidates:
             raise IntegrityError(f"{what}: its compression dictionary is missing")
@@ -401,9 +405,9 @@ class ChunkReader:
                 plain = _decompressor(zdict).decompress(body, max_output_size=size)
             except zstandard.ZstdError:
                 continue
-            if len(plain) == size:
+            if len(plain) == size and self.repo.blob_id(btype, plain[:first_len]) == first_id:
                 return plain
-        raise IntegrityError(f"{what} does not decompress")
+        raise IntegrityError(f"{what} does not decompress to its blobs")
 
     def read(self, blob_ids: Iterable[bytes], btype: int = TYPE_CHUNK) -> Iterator[bytes]:
         """The blobs' plaintexts in order; each must be of type `btype` (a reference to a
