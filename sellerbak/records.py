@@ -3,7 +3,7 @@
 Canonical form of a record (docs/FORMAT.md): UTF-8 JSON with sorted keys, no insignificant
 spaces, non-ASCII characters as themselves, one record per line ending in "\\n", as orjson
 writes it with OPT_SORT_KEYS (numbers in their shortest round-trip form). Records orjson cannot
-encode (integers beyond 64 bits, nesting deeper than 255 levels) fall back to the standard
+encode (integers beyond 64 bits, nesting 255 levels or deeper) fall back to the standard
 library's encoder with the same settings. A dataset is its records' lines sorted by `str(id)`
 (code-point order, which is also UTF-8 byte order), ids unique. orjson is used because encoding
 and parsing every record is the hot loop of a snapshot: it is two to three times faster than
