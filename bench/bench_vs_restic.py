@@ -17,8 +17,9 @@ What it does, in one run:
 6. For each of --scales: a fresh sellerbak snapshot of that shop size, peak RSS (to show that
    memory does not grow with the shop).
 
-Peak memory is the largest summed RSS of the command's whole process tree (sellerbak runs its
-export in a worker process), sampled every 10 ms from /proc. Results go to stdout as Markdown
+Peak memory is the largest summed PSS (proportional set size) of the command's whole process
+tree (sellerbak runs its export in a forked worker process; PSS counts the pages they share
+once), sampled every 10 ms from /proc. Results go to stdout as Markdown
 and to --json-out as JSON.
 """
 
@@ -65,15 +66,16 @@ def export_demo(orders: int, night: int, target: Path) -> int:
 
 
 def _tree_rss_kib(pid: int) -> int:
-    """Resident memory of a process and all its descendants (KiB, from /proc)."""
+    """Proportional resident memory (PSS) of a process and all its descendants (KiB, from
+    /proc): pages a forked worker still shares with its parent are counted once, not twice."""
     total = 0
     todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/status") as fh:
+            with open(f"/proc/{p}/smaps_rollup") as fh:
                 for line in fh:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith("Pss:"):
                         total += int(line.split()[1])
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as fh:
@@ -84,7 +86,7 @@ def _tree_rss_kib(pid: int) -> int:
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """Run a command: wall seconds and the peak summed RSS (MiB) of its process tree,
+    """Run a command: wall seconds and the peak summed PSS (MiB) of its process tree,
     sampled every 10 ms (ru_maxrss would carry this benchmark's own peak into forked
     children, and would miss a command's helper processes)."""
     start = time.perf_counter()
@@ -235,7 +237,7 @@ def markdown(r: dict[str, Any]) -> str:
         "| step | sellerbak | restic | ratio |",
         "|---|---|---|---|",
         _row("night 0 snapshot, wall s", n0["sellerbak"]["seconds"], n0["restic"]["seconds"]),
-        _row("night 0 snapshot, peak RSS MiB", n0["sellerbak"]["rss_mib"],
+        _row("night 0 snapshot, peak memory (PSS) MiB", n0["sellerbak"]["rss_mib"],
              n0["restic"]["rss_mib"]),
         _row("night 0 stored, MiB", n0["sellerbak"]["stored_bytes"] / mb,
              n0["restic"]["stored_bytes"] / mb),
@@ -243,15 +245,15 @@ def markdown(r: dict[str, Any]) -> str:
         _row("night 1 added, MiB", n1["sellerbak"]["added_bytes"] / mb,
              n1["restic"]["added_bytes"] / mb),
         _row("restore latest, wall s", rs["sellerbak"]["seconds"], rs["restic"]["seconds"]),
-        _row("restore latest, peak RSS MiB", rs["sellerbak"]["rss_mib"],
+        _row("restore latest, peak memory (PSS) MiB", rs["sellerbak"]["rss_mib"],
              rs["restic"]["rss_mib"]),
         "",
         f"sellerbak's restore is byte-identical to the input: "
         f"{rs['sellerbak']['identical_to_input']}",
     ]
     if r.get("scaling"):
-        lines += ["", "| orders | JSONL MiB | sellerbak snapshot s | sellerbak peak RSS MiB | "
-                  "restic backup s | restic peak RSS MiB |", "|---|---|---|---|---|---|"]
+        lines += ["", "| orders | JSONL MiB | sellerbak snapshot s | sellerbak peak PSS MiB | "
+                  "restic backup s | restic peak PSS MiB |", "|---|---|---|---|---|---|"]
         for s in r["scaling"]:
             lines.append(f"| {s['orders']:,} | {s['data_bytes'] / mb:.0f} | "
                          f"{s['sellerbak']['seconds']} | {s['sellerbak']['rss_mib']} | "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -242,6 +242,9 @@ class ChunkReader:
     MAX_REQUEST_RAW = 4 * 1024 * 1024
     MAX_REQUEST = 4 * 1024 * 1024
     MAX_GAP = 256 * 1024
+    #: recently opened groups (up to 128 KiB of plaintext each): a snapshot whose chunks
+    #: alternate between older and newer packs comes back to the same group again and again
+    CACHE_GROUPS = 48
 
     def __init__(self, repo: Repository, index: Index, workers: int = 4,
                  read_ahead: int = 6) -> None:
@@ -255,6 +258,8 @@ class ChunkReader:
         self._layout_lock = threading.Lock()
         self._layouts: dict[bytes, dict[int, tuple[bytes, int, int]]] = {}
         self._sizes: dict[bytes, int] | None = None
+        self._cache: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def _plan(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, list[BlobEntry]]]:
         """Group consecutive blobs stored near each other in one pack into one request."""
@@ -299,20 +304,34 @@ class ChunkReader:
     def _fetch(self, pack_id: bytes, entries: list[BlobEntry]) -> list[memoryview]:
         name = pack_name(pack_id)
         self._check_size(pack_id, name)
-        start = entries[0].offset
-        end = max(e.offset + e.length for e in entries)
-        data = self.repo.store.get_range(name, start, end - start)
-        if len(data) != end - start:
-            raise IntegrityError(f"{name}: pack is truncated")
         groups: dict[int, bytes] = {}
-        out = []
-        for e in entries:
-            plain = groups.get(e.offset)
-            if plain is None:
-                plain = groups[e.offset] = self.open_group(
-                    name, pack_id, e, data[e.offset - start: e.offset - start + e.length])
-            out.append(self.check_blob(name, e, plain))
-        return out
+        missing: list[BlobEntry] = []
+        with self._cache_lock:
+            for e in entries:
+                if e.offset in groups:
+                    continue
+                cached = self._cache.get((pack_id, e.offset))
+                if cached is not None:
+                    self._cache.move_to_end((pack_id, e.offset))
+                    groups[e.offset] = cached
+                elif not missing or missing[-1].offset != e.offset:
+                    missing.append(e)
+        if missing:
+            start = min(e.offset for e in missing)
+            end = max(e.offset + e.length for e in missing)
+            data = self.repo.store.get_range(name, start, end - start)
+            if len(data) != end - start:
+                raise IntegrityError(f"{name}: pack is truncated")
+            for e in missing:
+                if e.offset not in groups:
+                    groups[e.offset] = self.open_group(
+                        name, pack_id, e, data[e.offset - start: e.offset - start + e.length])
+            with self._cache_lock:
+                for e in missing:
+                    self._cache[(pack_id, e.offset)] = groups[e.offset]
+                while len(self._cache) > self.CACHE_GROUPS:
+                    self._cache.popitem(last=False)
+        return [self.check_blob(name, e, groups[e.offset]) for e in entries]
 
     def group_layout(self, pack_id: bytes) -> dict[int, tuple[bytes, int, int]]:
         """Per group offset in a pack: the id of its first blob (the group's sealing id), the
