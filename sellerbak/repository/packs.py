@@ -12,6 +12,7 @@ authenticated (AEAD bound to its id and kind) and its keyed id recomputed from t
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 from collections import OrderedDict, deque
@@ -214,6 +215,8 @@ class PackWriter:
             self.index_ids.append(write_index(self.repo, self._uploaded))
             for record in self._uploaded:
                 self.index.add_pack(record)
+                for e in record.blobs:  # now known through the index
+                    self._in_run.discard(e.chunk_id)
             self._uploaded = []
 
     def flush(self) -> None:
@@ -245,6 +248,8 @@ class ChunkReader:
     #: recently opened groups (up to 128 KiB of plaintext each): a snapshot whose chunks
     #: alternate between older and newer packs comes back to the same group again and again
     CACHE_GROUPS = 48
+    READ_THROUGH = 1024 * 1024
+    SEALED_CACHE_GROUPS = 256
 
     def __init__(self, repo: Repository, index: Index, workers: int = 4,
                  read_ahead: int = 6) -> None:
@@ -260,6 +265,8 @@ class ChunkReader:
         self._sizes: dict[bytes, int] | None = None
         self._cache: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._sealed_cache: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._spans: dict[bytes, list[tuple[int, int]]] = {}
 
     def _plan(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, list[BlobEntry]]]:
         """Group consecutive blobs stored near each other in one pack into one request."""
@@ -317,21 +324,70 @@ class ChunkReader:
                 elif not missing or missing[-1].offset != e.offset:
                     missing.append(e)
         if missing:
-            start = min(e.offset for e in missing)
-            end = max(e.offset + e.length for e in missing)
-            data = self.repo.store.get_range(name, start, end - start)
-            if len(data) != end - start:
-                raise IntegrityError(f"{name}: pack is truncated")
+            sealed = self._sealed_groups(pack_id, name, missing)
             for e in missing:
                 if e.offset not in groups:
-                    groups[e.offset] = self.open_group(
-                        name, pack_id, e, data[e.offset - start: e.offset - start + e.length])
+                    groups[e.offset] = self.open_group(name, pack_id, e, sealed[e.offset])
             with self._cache_lock:
                 for e in missing:
                     self._cache[(pack_id, e.offset)] = groups[e.offset]
                 while len(self._cache) > self.CACHE_GROUPS:
                     self._cache.popitem(last=False)
         return [self.check_blob(name, e, groups[e.offset]) for e in entries]
+
+    def _sealed_groups(self, pack_id: bytes, name: str, missing: list[BlobEntry]
+                       ) -> dict[int, bytes]:
+        """The sealed bytes of the groups in `missing`, from the cache or one range read. The
+        read goes on through the pack's next groups (up to READ_THROUGH bytes): a snapshot
+        whose chunks alternate between packs needs them next, and without this every group
+        would cost a request of its own."""
+        out: dict[int, bytes] = {}
+        with self._cache_lock:
+            for e in missing:
+                hit = self._sealed_cache.pop((pack_id, e.offset), None)
+                if hit is not None:
+                    out[e.offset] = hit
+        need = [e for e in missing if e.offset not in out]
+        if not need:
+            return out
+        start = min(e.offset for e in need)
+        end = max(e.offset + e.length for e in need)
+        spans = self.group_spans(pack_id)
+        i = bisect.bisect_right(spans, (end, -1))
+        while i < len(spans) and spans[i][0] == end and end - start < self.READ_THROUGH:
+            end += spans[i][1]
+            i += 1
+        data = self.repo.store.get_range(name, start, end - start)
+        if len(data) != end - start:
+            raise IntegrityError(f"{name}: pack is truncated")
+        wanted = {e.offset for e in need}
+        extra: list[tuple[int, bytes]] = []
+        for offset, length in spans[bisect.bisect_left(spans, (start, -1)):]:
+            if offset + length > end:
+                break
+            piece = data[offset - start: offset - start + length]
+            if offset in wanted:
+                out[offset] = piece
+            else:
+                extra.append((offset, piece))
+        for e in need:  # a group the layout does not list would be a damaged index
+            if e.offset not in out:
+                out[e.offset] = data[e.offset - start: e.offset - start + e.length]
+        with self._cache_lock:
+            for offset, piece in extra:
+                self._sealed_cache[(pack_id, offset)] = piece
+            while len(self._sealed_cache) > self.SEALED_CACHE_GROUPS:
+                self._sealed_cache.popitem(last=False)
+        return out
+
+    def group_spans(self, pack_id: bytes) -> list[tuple[int, int]]:
+        """(offset, sealed length) of every group in a pack, in pack order."""
+        with self._layout_lock:
+            spans = self._spans.get(pack_id)
+            if spans is None:
+                spans = sorted({(e.offset, e.length) for e in self.index.packs[pack_id].blobs})
+                self._spans[pack_id] = spans
+            return spans
 
     def group_layout(self, pack_id: bytes) -> dict[int, tuple[bytes, int, int]]:
         """Per group offset in a pack: the id of its first blob (the group's sealing id), the
