@@ -28,6 +28,7 @@ from sellerbak.backup.chunker import Chunk, Chunker
 from sellerbak.backup.exporters.base import Source
 from sellerbak.backup.worker import ChunkerParams, ExportStream, RemoteDataset, Restart
 from sellerbak.errors import IntegrityError, SourceError
+from sellerbak.progress import SilentProgress
 from sellerbak.records import (
     Line,
     merge_changes,
@@ -71,17 +72,6 @@ class Progress(Protocol):
     def dataset(self, source: str, name: str) -> None: ...
     def records(self, n: int) -> None: ...
     def uploaded(self, nbytes: int) -> None: ...
-
-
-class _NoProgress:
-    def dataset(self, source: str, name: str) -> None:
-        pass
-
-    def records(self, n: int) -> None:
-        pass
-
-    def uploaded(self, nbytes: int) -> None:
-        pass
 
 
 @dataclass
@@ -209,7 +199,7 @@ class SnapshotRun:
     def __init__(self, repo: Repository, progress: Progress | None = None,
                  tmpdir: str | None = None) -> None:
         self.repo = repo
-        self.progress: Progress = progress or _NoProgress()
+        self.progress: Progress = progress or SilentProgress()
         self.tmpdir = tmpdir
         self.index = Index.load(repo, recover=True)
         self.reader = ChunkReader(repo, self.index)

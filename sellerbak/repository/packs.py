@@ -19,6 +19,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import zstandard
 
@@ -56,15 +57,22 @@ KNOWN_FLAGS = COMP_MASK | (0x03 << TYPE_SHIFT)
 _tls = threading.local()
 
 
+def _per_thread(kind: str, zdict: zstandard.ZstdCompressionDict | None,
+                make: Callable[[], Any]) -> Any:
+    """One zstd context per thread and dictionary: contexts are not thread-safe, and building
+    one (above all with a dictionary) costs more than compressing a chunk."""
+    cache: dict[tuple[str, int], Any] = getattr(_tls, "contexts", None) or {}
+    _tls.contexts = cache
+    key = (kind, id(zdict) if zdict is not None else 0)
+    ctx = cache.get(key)
+    if ctx is None:
+        ctx = cache[key] = make()
+    return ctx
+
+
 def _compressor(zdict: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdCompressor:
-    cache: dict[int, zstandard.ZstdCompressor] = getattr(_tls, "cctx", None) or {}
-    _tls.cctx = cache
-    key = id(zdict) if zdict is not None else 0
-    cctx = cache.get(key)
-    if cctx is None:
-        cctx = cache[key] = zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=zdict,
-                                                     write_content_size=True)
-    return cctx
+    return _per_thread("c", zdict, lambda: zstandard.ZstdCompressor(
+        level=ZSTD_LEVEL, dict_data=zdict, write_content_size=True))
 
 
 def load_dictionary(raw: bytes) -> zstandard.ZstdCompressionDict:
@@ -510,10 +518,4 @@ class ChunkReader:
 
 
 def _decompressor(zdict: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdDecompressor:
-    cache: dict[int, zstandard.ZstdDecompressor] = getattr(_tls, "dctx", None) or {}
-    _tls.dctx = cache
-    key = id(zdict) if zdict is not None else 0
-    dctx = cache.get(key)
-    if dctx is None:
-        dctx = cache[key] = zstandard.ZstdDecompressor(dict_data=zdict)
-    return dctx
+    return _per_thread("d", zdict, lambda: zstandard.ZstdDecompressor(dict_data=zdict))
