@@ -24,7 +24,6 @@ COMP_MASK = 0x03
 COMP_NONE = 0x00
 COMP_ZSTD = 0x01
 COMP_ZSTD_DICT = 0x02  # zstd frame made with a dictionary; the frame header names its dictID
-FLAG_ZSTD = COMP_ZSTD
 TYPE_SHIFT = 4
 TYPE_CHUNK = 0  # a run of canonical record lines
 TYPE_REFLIST = 1  # a run of a dataset's chunk references

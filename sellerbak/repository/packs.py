@@ -267,6 +267,7 @@ class ChunkReader:
         self.read_ahead = read_ahead
         self._dicts: dict[int, list[zstandard.ZstdCompressionDict]] = {}
         self._dict_blobs: set[bytes] = set()
+        self._dicts_scanned = -1
         self._dict_lock = threading.RLock()
         self._layout_lock = threading.Lock()
         self._layouts: dict[bytes, dict[int, tuple[bytes, int, int]]] = {}
@@ -453,6 +454,9 @@ class ChunkReader:
         while a snapshot runs). One that cannot be read is skipped: only groups that need it
         will fail, with a clear error."""
         with self._dict_lock:
+            if len(self.index.chunks) == self._dicts_scanned:
+                return  # nothing new since the last scan: a missing dictionary stays missing
+            self._dicts_scanned = len(self.index.chunks)
             for cid, loc in list(self.index.chunks.items()):
                 e = loc.entry
                 if (blob_type(e.flags) != TYPE_DICT or e.raw_len > MAX_DICT_BYTES

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,21 @@ def _where(file: Path, root: Path, line: int) -> str:
     return f"{file.relative_to(root)} line {line}"
 
 
-def _read_jsonl(file: Path, root: Path) -> Iterator[Record]:
+@contextmanager
+def read_errors(label: str, file: Path) -> Iterator[None]:
+    """Turn what reading an export file can raise into one-line SourceErrors naming it."""
     try:
-        with open(file, "rb") as fh:
+        yield
+    except UnicodeDecodeError:
+        raise SourceError(f"{label}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise SourceError(f"{label}: malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read {file}: {exc.strerror}") from None
+
+
+def _read_jsonl(file: Path, root: Path) -> Iterator[Record]:
+    with read_errors(str(file.relative_to(root)), file), open(file, "rb") as fh:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -92,10 +105,6 @@ def _read_jsonl(file: Path, root: Path) -> Iterator[Record]:
                 if not isinstance(record, dict):
                     raise SourceError(f"{_where(file, root, n)}: not a JSON object")
                 yield record
-    except UnicodeDecodeError:
-        raise SourceError(f"{file.relative_to(root)}: not UTF-8 text") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read {file}: {exc.strerror}") from None
 
 
 def _csv_header(file: Path) -> list[str]:
@@ -114,8 +123,8 @@ def _csv_header(file: Path) -> list[str]:
 
 
 def _read_csv(file: Path, root: Path) -> Iterator[Record]:
-    try:
-        with open(file, encoding="utf-8-sig", newline="") as fh:
+    with (read_errors(str(file.relative_to(root)), file),
+          open(file, encoding="utf-8-sig", newline="") as fh):
             reader = csv.reader(fh)
             header = next(reader, [])
             for row in reader:
@@ -125,9 +134,3 @@ def _read_csv(file: Path, root: Path) -> Iterator[Record]:
                     raise SourceError(f"{_where(file, root, reader.line_num)}: has {len(row)} "
                                       f"fields, the header has {len(header)}")
                 yield dict(zip(header, row, strict=True))
-    except UnicodeDecodeError:
-        raise SourceError(f"{file.relative_to(root)}: not UTF-8 text") from None
-    except csv.Error as exc:
-        raise SourceError(f"{file.relative_to(root)}: malformed CSV ({exc})") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read {file}: {exc.strerror}") from None

@@ -74,15 +74,10 @@ def _cell(value: Any) -> str:
 
 
 def _csv_rows(file: Path) -> Iterator[list[str]]:
-    try:
-        with open(file, encoding="utf-8-sig", newline="") as fh:
-            yield from csv.reader(fh)
-    except UnicodeDecodeError:
-        raise SourceError(f"{file.name}: not UTF-8 text") from None
-    except csv.Error as exc:
-        raise SourceError(f"{file.name}: malformed CSV ({exc})") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read {file}: {exc.strerror}") from None
+    from sellerbak.backup.exporters.files import read_errors  # files.py imports this module
+
+    with read_errors(file.name, file), open(file, encoding="utf-8-sig", newline="") as fh:
+        yield from csv.reader(fh)
 
 
 def _workbook(file: Path) -> Any:
