@@ -49,6 +49,10 @@ class Settings:
     quiet: bool = False
     verbose: bool = False
     _config: Any = field(default=None, repr=False)
+    #: set by commands that report to monitoring (snapshot, check, prune, forget, drill)
+    outcome: Any = None
+    #: --retry-lock: how long to wait for a held lock
+    retry_lock: Any = None
 
     @property
     def config(self) -> Any:
@@ -75,8 +79,9 @@ def emit_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _global(
+    ctx: typer.Context,
     config: str | None = typer.Option(None, "-c", "--config", help="Config file (default: "
                                       "$SELLERBAK_CONFIG, ./sellerbak.yaml, "
                                       "~/.config/sellerbak/config.yaml, "
@@ -84,16 +89,30 @@ def _global(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only errors and results."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log debug details to stderr."),
+    retry_lock: str | None = typer.Option(None, "--retry-lock", metavar="DURATION",
+                                          help="If the repository is locked, keep trying "
+                                          "for this long (e.g. 10min, 2h)."),
     version: bool = typer.Option(False, "--version", help="Show the version and exit."),
 ) -> None:
     if version:
         typer.echo(f"sellerbak {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
         raise typer.Exit(0)
     settings.config_path = config
     settings._config = None
     settings.json = json_out
     settings.quiet = quiet
     settings.verbose = verbose
+    settings.retry_lock = None
+    if retry_lock is not None:
+        from sellerbak.durations import parse_duration
+
+        try:
+            settings.retry_lock = parse_duration(retry_lock)
+        except ValueError as exc:
+            raise UsageError(f"--retry-lock: {exc}") from None
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not verbose:
@@ -122,6 +141,13 @@ def _open_repo() -> Any:
     from sellerbak.repository.repo import Repository
 
     return Repository.open(_store(), _passphrase)
+
+
+def lock_repo(repo: Any, exclusive: bool) -> Any:
+    """The repository lock for this command, waiting as long as --retry-lock says."""
+    from sellerbak.repository.locks import RepositoryLock
+
+    return RepositoryLock(repo, exclusive=exclusive, wait=settings.retry_lock)
 
 
 def _kdf_params() -> Any:
@@ -201,8 +227,8 @@ def snapshot(
     from sellerbak.backup.exporters import build_source
     from sellerbak.backup.snapshot import SnapshotRun
     from sellerbak.progress import make_progress
-    from sellerbak.repository.locks import RepositoryLock
 
+    outcome = monitored("snapshot")
     config = settings.config
     chosen = [config.source(n) for n in source] if source else config.sources
     if not chosen:
@@ -211,8 +237,8 @@ def snapshot(
     sources = [build_source(config, s) for s in chosen]
     repo = _open_repo()
     results = []
-    with RepositoryLock(repo, exclusive=False), make_progress(settings) as progress:
-        run = SnapshotRun(repo, progress)
+    with lock_repo(repo, exclusive=False) as lock, make_progress(settings) as progress:
+        run = SnapshotRun(repo, progress, before_commit=lock.ensure_held)
         if run.problems:
             say(f"warning: {len(run.problems)} snapshot(s) could not be read and were "
                 "ignored; run 'sellerbak check'")
@@ -222,6 +248,7 @@ def snapshot(
             result = run.run(src, tags=list(tag or []), full=full, at=when)
             results.append(result)
             m = result.manifest
+            _record_snapshot(outcome, result)
             if not settings.json:
                 typer.echo(m.id.hex()[:8] if settings.quiet else m.id.hex())
             api = src.summary() if hasattr(src, "summary") else ""
@@ -246,6 +273,16 @@ def snapshot(
         } for r in results]})
     if any(r.incomplete for r in results):
         raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _record_snapshot(outcome: Any, result: Any) -> None:
+    from sellerbak.ops.outcome import DatasetCount
+
+    m = result.manifest
+    outcome.snapshots.append(m.id.hex())
+    outcome.bytes_added = (outcome.bytes_added or 0) + result.stats.bytes_stored
+    outcome.datasets.extend(DatasetCount(m.source, name, d.records, d.bytes)
+                            for name, d in sorted(m.datasets.items()))
 
 
 def _parse_time(value: str) -> Any:
@@ -328,8 +365,11 @@ def check(
     """Check the repository's structure; with --read-data, every byte of data."""
     from sellerbak.repository.check import check_repository
 
+    outcome = monitored("check")
     repo = _open_repo()
     report = check_repository(repo, read_data=read_data)
+    outcome.gauges.update({"errors": len(report.errors), "snapshots": report.snapshots,
+                           "packs": report.packs, "bytes_read": report.bytes_read})
     if settings.json:
         emit_json({"ok": report.ok, "snapshots": report.snapshots, "packs": report.packs,
                    "chunks": report.chunks_referenced, "bytes_read": report.bytes_read,
@@ -476,32 +516,121 @@ def demo_advance(
             say(f"demo shop {name} is now at night {night}")
 
 
+def monitored(command: str) -> Any:
+    """Start this run's outcome record: main() writes it to the metrics file and, on failure,
+    sends it to the notifier."""
+    from sellerbak.ops.outcome import RunOutcome
+
+    settings.outcome = RunOutcome(command)
+    return settings.outcome
+
+
+def _finish_outcome(code: int, error: str | None) -> None:
+    """Metrics and failure notices; their own failures are warnings, never a new exit code."""
+    outcome = settings.outcome
+    if outcome is None or settings._config is None:
+        return
+    import time
+
+    outcome.finished = time.time()
+    outcome.exit_code = code
+    outcome.error = error
+    config = settings._config
+    try:
+        if config.metrics_textfile is not None:
+            from sellerbak.ops.metrics import write_run_metrics
+
+            write_run_metrics(config.metrics_textfile, outcome)
+    except (OSError, SellerbakError) as exc:
+        typer.echo(f"warning: could not write metrics to {config.metrics_textfile}: {exc}",
+                   err=True)
+    if code != 0:
+        from sellerbak.ops.notify import notify_failure
+
+        for problem in notify_failure(config.notify, outcome.summary()):
+            typer.echo(f"warning: failure notice not delivered: {problem}", err=True)
+
+
 # ----- entry point --------------------------------------------------------------------------
+
+# each module registers its commands on `app` when imported
+from sellerbak.commands import diff as _diff  # noqa: E402,F401
+from sellerbak.commands import drill as _drill  # noqa: E402,F401
+from sellerbak.commands import forget as _forget  # noqa: E402,F401
+from sellerbak.commands import prune as _prune  # noqa: E402,F401
+from sellerbak.commands import systemd as _systemd  # noqa: E402,F401
+
+#: signals that end a run the way Ctrl-C does, and the error line each gives
+_STOP_SIGNALS = {"SIGINT": "interrupted", "SIGTERM": "terminated", "SIGHUP": "terminal hung up"}
+_stopped_by: list[int] = []
+
+
+def _on_stop_signal(signum: int, _frame: Any) -> None:
+    """SIGTERM (systemd stopping the unit) and SIGHUP take Ctrl-C's path: a KeyboardInterrupt
+    unwinds the command, so every `finally` runs (the worker is stopped, the repository lock
+    released, a restore's staging folder removed) and no snapshot manifest is written."""
+    _stopped_by.append(signum)
+    raise KeyboardInterrupt
+
+
+def _catch_stop_signals() -> dict[int, Any]:
+    """Install _on_stop_signal where the signal has its default action (one ignored on
+    purpose, e.g. SIGINT in a background job, stays ignored); returns what it replaced."""
+    import signal
+    import threading
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for name in _STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL,
+                                                               signal.default_int_handler):
+            previous[signum] = signal.signal(signum, _on_stop_signal)
+    return previous
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure ends as one line on stderr and a meaningful exit code."""
+    import signal
+
+    error: str | None = None
+    _stopped_by.clear()
+    previous_handlers = _catch_stop_signals()
     try:
         rv = app(args=argv, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.Abort:
-        typer.echo("error: interrupted", err=True)
+        error = "interrupted"
         code = 130
     except typer.TyperException as exc:  # bad usage: unknown option, missing argument, ...
-        typer.echo(f"error: {exc.format_message()}", err=True)
+        error = exc.format_message()
         code = EXIT_USAGE
     except SellerbakError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        error = str(exc)
         code = exc.exit_code
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
+        error = "interrupted"
         code = 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if settings.verbose:
             log.exception("internal error")
-        typer.echo(f"error: internal error ({type(exc).__name__}); run with -v for details",
-                   err=True)
+        error = f"internal error ({type(exc).__name__}); run with -v for details"
         code = 1
+    if _stopped_by:  # typer turns the KeyboardInterrupt into a bare exit status 130
+        error = _STOP_SIGNALS[signal.Signals(_stopped_by[0]).name]
+        code = 128 + _stopped_by[0]
+    elif code == 130 and error is None:
+        error = "interrupted"
+    if error is not None:
+        typer.echo(f"error: {error}", err=True)
+    try:
+        _finish_outcome(code, error)
+    except KeyboardInterrupt:  # signalled again while reporting: stop reporting
+        pass
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
     sys.exit(code)

@@ -7,19 +7,30 @@ relative to the config file's directory, so a config works the same from any wor
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sellerbak.credentials import SecretRef, parse_secret_ref
+from sellerbak.durations import parse_duration
 from sellerbak.errors import ConfigError
 
 SEARCH_PATH = ("./sellerbak.yaml", "~/.config/sellerbak/config.yaml",
                "/etc/sellerbak/config.yaml")
-TOP_KEYS = {"repository", "passphrase", "state_dir", "cache_dir", "sources"}
-REPO_KEYS = {"url", "endpoint_url", "region", "storage_class", "kdf"}
+TOP_KEYS = {"repository", "passphrase", "state_dir", "cache_dir", "sources", "retention",
+            "metrics", "notify", "drill"}
+REPO_KEYS = {"url", "endpoint_url", "region", "storage_class", "kdf", "object_lock"}
+RETENTION_KEYS = {"keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+                  "keep_yearly", "keep_within", "keep_tag"}
+METRICS_KEYS = {"textfile"}
+NOTIFY_KEYS = {"command", "webhook_url", "timeout"}
+DRILL_KEYS = {"max_age", "scratch_dir"}
+OBJECT_LOCK_KEYS = {"mode", "days"}
+OBJECT_LOCK_MODES = {"GOVERNANCE", "COMPLIANCE"}
 KDF_KEYS = {"m_kib", "t", "p"}
 SOURCE_TYPES = {"demo", "files", "tiktok"}
 
@@ -31,6 +42,41 @@ class RepositoryConfig:
     region: str | None = None
     storage_class: str | None = None
     kdf: dict[str, int] = field(default_factory=dict)
+    #: S3 Object Lock retention for every object written: {"mode": ..., "days": N}
+    object_lock: dict[str, Any] | None = None
+
+
+@dataclass
+class RetentionConfig:
+    """`retention:` defaults for `forget`; each applies per source (restic's semantics).
+    A count of -1 keeps every snapshot of that kind."""
+
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    keep_within: timedelta | None = None
+    keep_tag: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NotifyConfig:
+    """Who hears about failures: a command (gets a JSON summary on stdin) and/or a webhook
+    (gets it as a POST). The webhook URL may carry a token, so it may be a secret reference."""
+
+    command: list[str] | None = None
+    webhook_url: str | SecretRef | None = None
+    timeout: float = 10.0
+
+
+@dataclass
+class DrillConfig:
+    #: a drill fails when the newest snapshot of a source is older than this
+    max_age: timedelta | None = None
+    #: where drills restore to (default: a temporary directory)
+    scratch_dir: Path | None = None
 
 
 @dataclass
@@ -51,6 +97,12 @@ class Config:
     state_dir: Path
     sources: list[SourceConfig]
     raw: dict[str, Any]
+    cache_dir: Path | None = None
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    #: Prometheus textfile-collector file written after snapshot, check, prune and drill
+    metrics_textfile: Path | None = None
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    drill: DrillConfig = field(default_factory=DrillConfig)
 
     def source(self, name: str) -> SourceConfig:
         for src in self.sources:
@@ -123,7 +175,8 @@ def parse_config(text: str, path: Path) -> Config:
         endpoint_url=_opt_str(repo_raw, "endpoint_url", "repository.", path),
         region=_opt_str(repo_raw, "region", "repository.", path),
         storage_class=_opt_str(repo_raw, "storage_class", "repository.", path),
-        kdf=dict(kdf))
+        kdf=dict(kdf),
+        object_lock=_object_lock(repo_raw.get("object_lock"), path))
 
     passphrase = None
     if raw.get("passphrase") is not None:
@@ -134,6 +187,10 @@ def parse_config(text: str, path: Path) -> Config:
     if not isinstance(state_dir_raw, str):
         raise ConfigError(f"{path}: state_dir: must be a path")
     state_dir = _resolve_path(state_dir_raw.split(":")[0], base)
+    cache_dir_raw = raw.get("cache_dir") or os.environ.get("CACHE_DIRECTORY")
+    if cache_dir_raw is not None and not isinstance(cache_dir_raw, str):
+        raise ConfigError(f"{path}: cache_dir: must be a path")
+    cache_dir = _resolve_path(cache_dir_raw.split(":")[0], base) if cache_dir_raw else None
 
     sources_raw = raw.get("sources") or []
     if not isinstance(sources_raw, list):
@@ -155,7 +212,112 @@ def parse_config(text: str, path: Path) -> Config:
                               f"{', '.join(sorted(SOURCE_TYPES))}")
         options = {k: v for k, v in src.items() if k not in ("name", "type")}
         sources.append(SourceConfig(name, str(stype), options, key, base))
-    return Config(path, repository, passphrase, state_dir, sources, raw)
+    return Config(path, repository, passphrase, state_dir, sources, raw, cache_dir,
+                  _retention(raw.get("retention"), path), _metrics(raw.get("metrics"), base, path),
+                  _notify(raw.get("notify"), base, path), _drill(raw.get("drill"), base, path))
+
+
+def _section(value: Any, key: str, allowed: set[str], path: Path) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key}: must be a mapping ({', '.join(sorted(allowed))})")
+    _no_unknown(value, allowed, f"{key}.", path)
+    return value
+
+
+def _duration(value: Any, key: str, path: Path) -> timedelta:
+    try:
+        return parse_duration(value if isinstance(value, str) else "")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {key}: {exc}") from None
+
+
+def _retention(value: Any, path: Path) -> RetentionConfig:
+    raw = _section(value, "retention", RETENTION_KEYS, path)
+    out = RetentionConfig()
+    for key in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+                "keep_yearly"):
+        if key in raw:
+            n = raw[key]
+            if isinstance(n, bool) or not isinstance(n, int) or n < -1:
+                raise ConfigError(f"{path}: retention.{key}: must be a count (-1 keeps all)")
+            setattr(out, key, n)
+    if raw.get("keep_within") is not None:
+        out.keep_within = _duration(raw["keep_within"], "retention.keep_within", path)
+    tags = raw.get("keep_tag") or []
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise ConfigError(f"{path}: retention.keep_tag: must be a tag or a list of tags")
+    out.keep_tag = list(tags)
+    return out
+
+
+def _metrics(value: Any, base: Path, path: Path) -> Path | None:
+    raw = _section(value, "metrics", METRICS_KEYS, path)
+    textfile = raw.get("textfile")
+    if textfile is None:
+        return None
+    if not isinstance(textfile, str) or not textfile:
+        raise ConfigError(f"{path}: metrics.textfile: must be a path")
+    return _resolve_path(textfile, base)
+
+
+def _notify(value: Any, base: Path, path: Path) -> NotifyConfig:
+    raw = _section(value, "notify", NOTIFY_KEYS, path)
+    out = NotifyConfig()
+    command = raw.get("command")
+    if command is not None:
+        if isinstance(command, str) and command.strip():
+            out.command = shlex.split(command)
+        elif (isinstance(command, list) and command
+              and all(isinstance(c, str) for c in command)):
+            out.command = list(command)
+        else:
+            raise ConfigError(f"{path}: notify.command: must be a command line or a list of "
+                              "arguments")
+    url = raw.get("webhook_url")
+    if url is not None:
+        if isinstance(url, str):
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{path}: notify.webhook_url: must be an http(s) URL")
+            out.webhook_url = url
+        else:
+            out.webhook_url = parse_secret_ref(url, "notify.webhook_url", str(path), base)
+    timeout = raw.get("timeout", out.timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(f"{path}: notify.timeout: must be a number of seconds")
+    out.timeout = float(timeout)
+    return out
+
+
+def _drill(value: Any, base: Path, path: Path) -> DrillConfig:
+    raw = _section(value, "drill", DRILL_KEYS, path)
+    out = DrillConfig()
+    if raw.get("max_age") is not None:
+        out.max_age = _duration(raw["max_age"], "drill.max_age", path)
+    scratch = raw.get("scratch_dir")
+    if scratch is not None:
+        if not isinstance(scratch, str) or not scratch:
+            raise ConfigError(f"{path}: drill.scratch_dir: must be a path")
+        out.scratch_dir = _resolve_path(scratch, base)
+    return out
+
+
+def _object_lock(value: Any, path: Path) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    raw = _section(value, "repository.object_lock", OBJECT_LOCK_KEYS, path)
+    mode = raw.get("mode", "GOVERNANCE")
+    if not isinstance(mode, str) or mode.upper() not in OBJECT_LOCK_MODES:
+        raise ConfigError(f"{path}: repository.object_lock.mode: must be GOVERNANCE or "
+                          "COMPLIANCE")
+    days = raw.get("days")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 36500:
+        raise ConfigError(f"{path}: repository.object_lock.days: must be a number of days "
+                          "(1 to 36500)")
+    return {"mode": mode.upper(), "days": days}
 
 
 def _resolve_repo_url(url: str, base: Path) -> str:

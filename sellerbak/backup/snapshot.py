@@ -16,7 +16,7 @@ import itertools
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -197,10 +197,13 @@ class SnapshotRun:
     """One `sellerbak snapshot` invocation over one repository (possibly several sources)."""
 
     def __init__(self, repo: Repository, progress: Progress | None = None,
-                 tmpdir: str | None = None) -> None:
+                 tmpdir: str | None = None,
+                 before_commit: Callable[[], None] | None = None) -> None:
         self.repo = repo
         self.progress: Progress = progress or SilentProgress()
         self.tmpdir = tmpdir
+        #: runs just before a manifest is written (the CLI checks the lock is still held)
+        self.before_commit = before_commit
         self.index = Index.load(repo, recover=True)
         self.reader = ChunkReader(repo, self.index)
         self.problems: list[str] = []
@@ -250,6 +253,8 @@ class SnapshotRun:
             "bytes_raw_new": writer_stats.bytes_raw_new,
             "bytes_stored": writer_stats.bytes_stored,
         }
+        if self.before_commit is not None:
+            self.before_commit()
         write_manifest(self.repo, manifest)
         self.manifests.append(manifest)
         incomplete = [n for n, d in datasets.items() if not d.complete]

@@ -60,17 +60,24 @@ class Index:
         names = [(i.name, parse_hex_id(i.name, "index/")) for i in repo.store.list("index/")]
         names = [(n, iid) for n, iid in names if iid is not None]
 
-        def fetch(item: tuple[str, bytes]) -> tuple[bytes, list[PackRecord]]:
+        def fetch(item: tuple[str, bytes]) -> tuple[bytes, list[PackRecord], list[bytes]]:
             name, iid = item
             plain = repo.open_sealed(Kind.INDEX, iid, repo.store.get(name), name)
-            packs, _supersedes = decode_index(plain, name)
-            return iid, packs
+            packs, supersedes = decode_index(plain, name)
+            return iid, packs, supersedes
 
         with ThreadPoolExecutor(workers) as pool:
-            for iid, packs in pool.map(fetch, names):
-                index.index_ids.add(iid)
-                for pack in packs:
-                    index.add_pack(pack)
+            loaded = list(pool.map(fetch, names))
+        # prune writes a consolidated index that names the ones it replaces, then deletes
+        # them; until they are gone (or if prune was interrupted) they must be ignored, since
+        # they may list packs that prune has deleted since
+        superseded = {old for _iid, _packs, sup in loaded for old in sup}
+        for iid, packs, _sup in loaded:
+            if iid in superseded:
+                continue
+            index.index_ids.add(iid)
+            for pack in packs:
+                index.add_pack(pack)
         if recover:
             stored = {pid: info.size for info in repo.store.list("data/")
                       if (pid := parse_hex_id(info.name, "data/")) is not None}

@@ -13,19 +13,24 @@ Two runs racing this way may both back off, never both proceed.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sellerbak.crypto.envelope import Kind
+from sellerbak.durations import format_duration
 from sellerbak.errors import LockHeldError, SellerbakError
 from sellerbak.repository.repo import Repository, lock_name, parse_hex_id
 
 STALE_AFTER = timedelta(minutes=30)
 REFRESH_EVERY = timedelta(minutes=5)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,13 +88,17 @@ def list_locks(repo: Repository) -> list[LockInfo]:
 class RepositoryLock:
     """Context manager holding a lock for as long as a command runs."""
 
-    def __init__(self, repo: Repository, exclusive: bool) -> None:
+    def __init__(self, repo: Repository, exclusive: bool,
+                 wait: timedelta | None = None) -> None:
         self.repo = repo
         self.exclusive = exclusive
+        #: how long to keep trying while another process holds a conflicting lock
+        self.wait = wait or timedelta(0)
         self.lock_id: bytes | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
+        self._refreshed = time.monotonic()
 
     def _write(self) -> bytes:
         lid = os.urandom(32)
@@ -100,17 +109,36 @@ class RepositoryLock:
         return lid
 
     def acquire(self) -> None:
+        """Take the lock, retrying with backoff for up to `wait` while it is held."""
+        deadline = time.monotonic() + self.wait.total_seconds()
+        delay = 1.0
+        while True:
+            holder = self._try_acquire()
+            if holder is None:
+                break
+            if time.monotonic() + delay > deadline:
+                waited = " (waited " + format_duration(self.wait) + ")" if self.wait else ""
+                raise LockHeldError(f"repository is locked: {holder.describe()}{waited}; if "
+                                    "that process is gone, run 'sellerbak unlock'")
+            time.sleep(delay + random.uniform(0, delay / 2))
+            delay = min(delay * 2, 30.0)
+        self._refreshed = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._refresh_loop, daemon=True,
+                                        name="lock-refresh")
+        self._thread.start()
+
+    def _try_acquire(self) -> LockInfo | None:
+        """Write our lock and look at the others: None if we hold it now, else the holder
+        (our lock removed again)."""
         self.lock_id = self._write()
         for other in list_locks(self.repo):
             if other.lock_id == self.lock_id or other.is_stale():
                 continue
             if self.exclusive or other.exclusive:
                 self.release()
-                raise LockHeldError(f"repository is locked: {other.describe()} "
-                                    "(if that process is gone, run 'sellerbak unlock')")
-        self._thread = threading.Thread(target=self._refresh_loop, daemon=True,
-                                        name="lock-refresh")
-        self._thread.start()
+                return other
+        return None
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_EVERY.total_seconds()):
@@ -119,10 +147,28 @@ class RepositoryLock:
                     return
                 try:
                     new = self._write()
-                except SellerbakError:
+                except SellerbakError as exc:
+                    log.warning("could not refresh the repository lock: %s", exc)
                     continue
                 old, self.lock_id = self.lock_id, new
-                self.repo.store.delete(lock_name(old))
+                self._refreshed = time.monotonic()
+                try:
+                    self.repo.store.delete(lock_name(old))
+                except SellerbakError as exc:  # the old one goes stale by itself
+                    log.warning("could not remove the previous lock object: %s", exc)
+
+    def ensure_held(self) -> None:
+        """Raise if the lock may have been lost: when it has not been refreshed for longer
+        than others wait before calling it stale (a suspended machine, a storage outage),
+        another process may have taken the repository meanwhile, so committing now (a
+        snapshot's manifest, prune's deletions) could break the repository."""
+        if self.lock_id is None:
+            raise LockHeldError("the repository lock was released")
+        unrefreshed = time.monotonic() - self._refreshed
+        if unrefreshed > (STALE_AFTER - REFRESH_EVERY).total_seconds():
+            raise LockHeldError(f"lost the repository lock: not refreshed for "
+                                f"{format_duration(timedelta(seconds=unrefreshed))}; nothing "
+                                "was committed, run the command again")
 
     def release(self) -> None:
         self._stop.set()

@@ -1,0 +1,3 @@
+"""The `forget` command: retention policies applied per source."""
+
+from __future__ import annotations

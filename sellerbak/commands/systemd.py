@@ -1,0 +1,3 @@
+"""The `systemd` command: writes the service and timer units for nightly snapshots."""
+
+from __future__ import annotations

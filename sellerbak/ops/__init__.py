@@ -1,0 +1,1 @@
+"""Operations around the backup itself: metrics, failure notices, systemd units."""
