@@ -75,6 +75,13 @@ def say(message: str) -> None:
         typer.echo(message, err=True)
 
 
+def summary(message: str) -> None:
+    """A command's one-line summary (stderr): printed even with -q and under systemd, where
+    nothing else but errors is; --json prints JSON only."""
+    if not settings.json:
+        typer.echo(message, err=True)
+
+
 def emit_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=1, sort_keys=True, default=str))
 
@@ -103,7 +110,9 @@ def _global(
     settings.config_path = config
     settings._config = None
     settings.json = json_out
-    settings.quiet = quiet
+    # under systemd (a unit's run, output to the journal) only errors and the summary
+    settings.quiet = quiet or (bool(os.environ.get("INVOCATION_ID"))
+                               and not sys.stderr.isatty())
     settings.verbose = verbose
     settings.retry_lock = None
     if retry_lock is not None:
@@ -128,7 +137,7 @@ def _store() -> Any:
 
     rc = settings.config.repository
     return open_store(rc.url, endpoint_url=rc.endpoint_url, region=rc.region,
-                      storage_class=rc.storage_class)
+                      storage_class=rc.storage_class, object_lock=rc.object_lock)
 
 
 def _passphrase(confirm: bool = False) -> str:
@@ -249,8 +258,8 @@ def snapshot(
             results.append(result)
             m = result.manifest
             _record_snapshot(outcome, result)
-            if not settings.json:
-                typer.echo(m.id.hex()[:8] if settings.quiet else m.id.hex())
+            if not settings.json and not settings.quiet:
+                typer.echo(m.id.hex())
             api = src.summary() if hasattr(src, "summary") else ""
             say(f"snapshot {m.short_id} of {m.source}: {m.records} records in "
                 f"{len(m.datasets)} datasets, {_human_size(m.bytes)}; added "
@@ -271,6 +280,14 @@ def snapshot(
             "datasets": {n: {"records": d.records, "sha256": d.sha256}
                          for n, d in r.manifest.datasets.items()},
         } for r in results]})
+    if settings.quiet:
+        added = sum(r.stats.bytes_stored for r in results)
+        parts = [f"{r.manifest.source} {r.manifest.short_id}"
+                 + (f" INCOMPLETE ({', '.join(r.incomplete)})" if r.incomplete else "")
+                 for r in results]
+        summary(f"stored {len(results)} snapshot(s): {'; '.join(parts)}; "
+                f"{sum(r.manifest.records for r in results)} records, added "
+                f"{_human_size(added)} in {sum(r.seconds for r in results):.1f}s")
     if any(r.incomplete for r in results):
         raise typer.Exit(EXIT_INCOMPLETE)
 
@@ -338,6 +355,7 @@ def restore(
                                       "latest snapshot of this source."),
 ) -> None:
     """Restore a snapshot's datasets into TARGET, verified against the manifest."""
+    from sellerbak.progress import make_progress
     from sellerbak.repository.manifest import resolve_snapshot
     from sellerbak.restore.restore import FORMATS, restore_snapshot
 
@@ -345,15 +363,21 @@ def restore(
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
     repo = _open_repo()
     manifest = resolve_snapshot(repo, snapshot_ref, source)
-    restored = restore_snapshot(repo, manifest, target, list(dataset or []), fmt)
+    with make_progress(settings) as progress:
+        wanted = [d for n, d in manifest.datasets.items() if not dataset or n in dataset]
+        advance = progress.bar(f"restoring {manifest.short_id}",
+                               sum(d.records for d in wanted))
+        restored = restore_snapshot(repo, manifest, target, list(dataset or []), fmt,
+                                    on_records=advance)
     if settings.json:
         emit_json({"snapshot": manifest.id.hex(), "target": str(target.resolve()),
                    "datasets": [{"name": r.name, "path": str(r.path.resolve()),
                                  "records": r.records, "sha256": r.sha256} for r in restored]})
         return
-    for r in restored:
-        typer.echo(str(r.path))
-    say(f"restored {len(restored)} datasets of snapshot {manifest.short_id} "
+    if not settings.quiet:
+        for r in restored:
+            typer.echo(str(r.path))
+    summary(f"restored {len(restored)} datasets of snapshot {manifest.short_id} "
         f"({manifest.source}, {manifest.time}) into {target.resolve()}, verified")
 
 
@@ -363,11 +387,14 @@ def check(
                                    "every stored chunk."),
 ) -> None:
     """Check the repository's structure; with --read-data, every byte of data."""
+    from sellerbak.progress import make_progress
     from sellerbak.repository.check import check_repository
 
     outcome = monitored("check")
     repo = _open_repo()
-    report = check_repository(repo, read_data=read_data)
+    with make_progress(settings) as progress:
+        advance = progress.bar("reading packs", None, unit="bytes") if read_data else None
+        report = check_repository(repo, read_data=read_data, on_pack=advance)
     outcome.gauges.update({"errors": len(report.errors), "snapshots": report.snapshots,
                            "packs": report.packs, "bytes_read": report.bytes_read})
     if settings.json:
@@ -377,7 +404,7 @@ def check(
     else:
         for problem in report.errors:
             typer.echo(f"error: {problem}", err=True)
-        say(f"checked {report.snapshots} snapshots, {report.chunks_referenced} chunks in "
+        summary(f"checked {report.snapshots} snapshots, {report.chunks_referenced} chunks in "
             f"{report.packs} packs" + (f", read {_human_size(report.bytes_read)}"
                                         if read_data else "")
             + (": no errors" if report.ok else f": {len(report.errors)} errors"))

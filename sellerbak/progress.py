@@ -12,10 +12,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich.progress import ProgressColumn
+from rich.text import Text
+
 
 class SilentProgress:
-    def dataset(self, source: str, name: str) -> None:
+    def dataset(self, source: str, name: str, expected: int | None = None) -> None:
         pass
+
+    def bar(self, description: str, total: int | None, unit: str = "records"
+            ) -> Callable[[int], None]:
+        """A progress row for one step (restore, check, drill); returns its `advance`."""
+        return _ignore
 
     def records(self, n: int) -> None:
         pass
@@ -25,6 +33,10 @@ class SilentProgress:
 
     def api_source(self, totals: Callable[[], tuple[int, int, float]]) -> None:
         """An API source's running totals (requests, throttled answers, seconds waited)."""
+
+
+def _ignore(_n: int) -> None:
+    pass
 
 
 class RichProgress:
@@ -39,25 +51,36 @@ class RichProgress:
     def __init__(self, progress: Any) -> None:
         self._p = progress
         self._task: Any = None
-        self._upload = progress.add_task("uploaded", total=None, unit="bytes", extra="")
+        self._upload: Any = None
         self._totals: Callable[[], tuple[int, int, float]] | None = None
         self._base: tuple[int, int, float] = (0, 0, 0.0)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
-    def dataset(self, source: str, name: str) -> None:
+    def dataset(self, source: str, name: str, expected: int | None = None) -> None:
+        """A row per dataset. `expected` (the previous snapshot's count) gives the bar its
+        length and so an ETA; the count may end above or below it."""
         if self._task is not None:
             self._show()
-            self._p.update(self._task, visible=True)
-        self._task = self._p.add_task(f"{source}: {name}", total=None, extra="")
+            task = self._p.tasks[self._task]
+            self._p.update(self._task, total=task.completed, visible=True)
+        self._task = self._p.add_task(f"{source}: {name}", total=expected or None, extra="",
+                                      unit="records")
         if self._totals is not None:
             self._base = self._totals()
+
+    def bar(self, description: str, total: int | None, unit: str = "records"
+            ) -> Callable[[int], None]:
+        task = self._p.add_task(description, total=total or None, extra="", unit=unit)
+        return lambda n: self._p.advance(task, n)
 
     def records(self, n: int) -> None:
         if self._task is not None:
             self._p.advance(self._task, n)
 
     def uploaded(self, nbytes: int) -> None:
+        if self._upload is None:
+            self._upload = self._p.add_task("uploaded", total=None, unit="bytes", extra="")
         self._p.advance(self._upload, nbytes)
 
     def api_source(self, totals: Callable[[], tuple[int, int, float]]) -> None:
@@ -98,10 +121,18 @@ def make_progress(settings: Any) -> Iterator[Any]:
         yield SilentProgress()
         return
     from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"),
-               TextColumn("{task.completed:,.0f}"), TextColumn("{task.fields[extra]}"),
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
+               _AmountColumn(), _RateColumn(), TextColumn("ETA"),
+               TimeRemainingColumn(compact=True), TextColumn("{task.fields[extra]}"),
                TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         shown = RichProgress(progress)
@@ -109,3 +140,33 @@ def make_progress(settings: Any) -> Iterator[Any]:
             yield shown
         finally:
             shown.close()
+
+
+def _amount(value: float, unit: str) -> str:
+    if unit == "bytes":
+        from sellerbak.records import human_bytes
+
+        return human_bytes(int(value))
+    return f"{value:,.0f}"
+
+
+class _AmountColumn(ProgressColumn):
+    """`1,234 / 5,000 records` or `12.0 MiB uploaded`: units from the task."""
+
+    def render(self, task: Any) -> Text:
+        unit = task.fields.get("unit", "records")
+        done = _amount(task.completed, unit)
+        if task.total is not None:
+            return Text(f"{done} / {_amount(task.total, unit)}")
+        return Text(done if unit == "bytes" else f"{done} {unit}")
+
+
+class _RateColumn(ProgressColumn):
+    """Records or bytes per second, averaged over rich's recent window."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        if not speed:
+            return Text("")
+        unit = task.fields.get("unit", "records")
+        return Text(f"{_amount(speed, unit)}/s" if unit == "bytes" else f"{speed:,.0f}/s")

@@ -232,7 +232,9 @@ class SnapshotRun:
             for export in stream.datasets():
                 if export.name in datasets:
                     raise SourceError(f"source {source.name} gave dataset {export.name} twice")
-                self.progress.dataset(source.name, export.name)
+                before = prev.datasets.get(export.name) if prev is not None else None
+                self.progress.dataset(source.name, export.name,
+                                      before.records if before is not None else None)
                 datasets[export.name] = self._dataset(export, prev, writer)
             writer.flush()
             writer_stats = writer.stats

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sellerbak.cli import _open_repo, app, emit_json, monitored, say, settings
+from sellerbak.cli import _open_repo, app, emit_json, monitored, say, settings, summary
 from sellerbak.errors import EXIT_FAILED, UsageError
 
 
@@ -66,7 +66,7 @@ def drill(
         for d in report.datasets:
             say(f"{d.source} {d.name}: {d.records} records "
                 + ("verified" if d.ok else f"FAILED ({d.problem})"))
-        say(f"drill {'passed' if report.ok else 'FAILED'}: RTO {report.rto_seconds:.1f} s, "
+        summary(f"drill {'passed' if report.ok else 'FAILED'}: RTO {report.rto_seconds:.1f} s, "
             f"RPO {report.worst_rpo / 3600:.1f} h"
             + (f"; restored copy kept in {report.scratch}" if keep else ""))
     if not report.ok:

@@ -6,7 +6,16 @@ from typing import Any
 
 import typer
 
-from sellerbak.cli import _open_repo, app, emit_json, lock_repo, monitored, say, settings
+from sellerbak.cli import (
+    _open_repo,
+    app,
+    emit_json,
+    lock_repo,
+    monitored,
+    say,
+    settings,
+    summary,
+)
 from sellerbak.errors import UsageError
 
 
@@ -57,3 +66,4 @@ def prune(
         return
     for line in report.describe():
         say(line)
+    summary(report.summary_line())

@@ -98,6 +98,14 @@ class PruneReport:
                 "partial_uploads_removed": self.partial_uploads_removed,
                 "retained": self.retained, "warnings": self.warnings}
 
+    def summary_line(self) -> str:
+        from sellerbak.records import human_bytes
+
+        would = "would " if self.dry_run else ""
+        return (f"prune: {would}free {human_bytes(max(self.bytes_freed, 0))} "
+                f"({self.packs_deleted} packs deleted, {self.packs_repacked} repacked, "
+                f"{self.snapshots} snapshots kept)")
+
     def describe(self) -> list[str]:
         from sellerbak.records import human_bytes
 
@@ -258,6 +266,8 @@ def _plan(records: dict[bytes, PackRecord], used: set[bytes], max_unused: float,
         record = records[pid]
         needed_groups: dict[int, int] = {}
         needed_blobs: dict[bytes, int] = {}
+        # the header is left out: a small pack's header is a large share of it, not waste
+        data_bytes = sum({e.offset: e.length for e in record.blobs}.values())
         for e in record.blobs:
             btype = blob_type(e.flags)
             if (e.chunk_id in used or btype == TYPE_DICT) and e.chunk_id not in placed:
@@ -269,7 +279,7 @@ def _plan(records: dict[bytes, PackRecord], used: set[bytes], max_unused: float,
             plan.delete[pid] = record.size
             report.packs_deleted += 1
             report.bytes_deleted += record.size
-        elif 1 - needed_bytes / record.size > max_unused:
+        elif 1 - needed_bytes / data_bytes > max_unused:
             plan.repack[pid] = record
             plan.copy.update(needed_blobs)
             report.packs_repacked += 1
