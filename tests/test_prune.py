@@ -231,3 +231,18 @@ def test_second_prune_fails_with_exit_11_naming_the_holder(tmp_path: Path) -> No
                            "prune"], env=cli_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["packs_deleted"] >= 1
+
+
+def test_a_dry_run_ignoring_snapshots_plans_what_the_real_run_does(tmp_path: Path) -> None:
+    """`forget --dry-run --prune` passes the snapshots it would remove as ignored."""
+    store = LocalStore(tmp_path / "repo")
+    expected = _build(store)
+    second = bytes.fromhex(next(iter(expected)))
+    dry = prune_repository(open_repo(store), dry_run=True, ignore={second})
+    store.delete(snapshot_name(second))
+    real = prune_repository(open_repo(store))
+    assert (dry.snapshots, dry.packs_deleted, dry.packs_repacked, dry.bytes_deleted) == (
+        real.snapshots, real.packs_deleted, real.packs_repacked, real.bytes_deleted)
+    assert real.packs_deleted >= 1
+    with pytest.raises(ValueError):
+        prune_repository(open_repo(store), ignore={second})

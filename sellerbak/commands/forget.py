@@ -1,3 +1,171 @@
-"""The `forget` command: retention policies applied per source."""
+"""The `forget` command: retention policies applied per source.
+
+Forgetting removes snapshot manifests only; the data they alone referenced stays until
+`prune` (or `forget --prune`) removes it. Manifests are deleted under the exclusive lock, so
+no backup or prune runs meanwhile; a dry run takes a shared lock, which is enough to read a
+consistent repository and lets a nightly backup go on.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from sellerbak.cli import _open_repo, app, emit_json, lock_repo, monitored, say, settings, summary
+from sellerbak.errors import UsageError
+
+_COUNT_HELP = ("Keep the newest snapshot of each of the last N {what} (UTC) that have one; "
+               "-1 keeps one of every {one}.")
+
+
+@app.command()
+def forget(
+    keep_last: int | None = typer.Option(None, "--keep-last", min=-1, metavar="N",
+                                         help="Keep the N newest snapshots (-1: all)."),
+    keep_hourly: int | None = typer.Option(None, "--keep-hourly", min=-1, metavar="N",
+                                           help=_COUNT_HELP.format(what="hours", one="hour")),
+    keep_daily: int | None = typer.Option(None, "--keep-daily", min=-1, metavar="N",
+                                          help=_COUNT_HELP.format(what="days", one="day")),
+    keep_weekly: int | None = typer.Option(None, "--keep-weekly", min=-1, metavar="N",
+                                           help=_COUNT_HELP.format(what="ISO weeks",
+                                                                   one="week")),
+    keep_monthly: int | None = typer.Option(None, "--keep-monthly", min=-1, metavar="N",
+                                            help=_COUNT_HELP.format(what="months",
+                                                                    one="month")),
+    keep_yearly: int | None = typer.Option(None, "--keep-yearly", min=-1, metavar="N",
+                                           help=_COUNT_HELP.format(what="years", one="year")),
+    keep_within: str | None = typer.Option(None, "--keep-within", metavar="DURATION",
+                                           help="Keep every snapshot taken within DURATION "
+                                           "(e.g. 7d, 36h, 1y6m; m = 30 days) of the "
+                                           "source's newest snapshot."),
+    keep_tag: list[str] = typer.Option(None, "--keep-tag", metavar="TAG",
+                                       help="Keep every snapshot with this tag (repeatable)."),
+    source: list[str] = typer.Option(None, "--source", "-s", help="Only this source "
+                                     "(repeatable; default: every source)."),
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only show what would be "
+                                 "removed and why each kept snapshot is kept."),
+    prune: bool = typer.Option(False, "--prune", help="Then remove the data no snapshot "
+                               "references any more (as 'sellerbak prune')."),
+    max_unused: str = typer.Option("50%", "--max-unused", help="With --prune: repack a pack "
+                                   "when more than this share of it is unused."),
+) -> None:
+    """Remove snapshots by retention policy; each source's snapshots are judged alone.
+
+    Options default to the config's retention: section; each one given replaces its default.
+
+    A count of 0 switches a configured rule off; -1 keeps all. Periods are cut in UTC.
+
+    A policy that would remove every snapshot of a source is refused.
+    """
+    from sellerbak.commands.prune import parse_percent, run_prune
+    from sellerbak.repository.manifest import load_manifests
+    from sellerbak.repository.repo import snapshot_name
+    from sellerbak.repository.retention import (
+        RetentionPolicy,
+        apply_policy,
+        refuse_removing_all,
+    )
+
+    outcome = monitored("prune" if prune else "forget")
+    policy = RetentionPolicy.from_config(settings.config.retention).with_overrides(
+        keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
+        keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly,
+        keep_within=_duration(keep_within), keep_tag=list(keep_tag) if keep_tag else None)
+    policy.require_rules()
+    threshold = parse_percent(max_unused)
+    say(f"applying policy: {policy.describe()}" + (" (dry run: nothing is removed)"
+                                                   if dry_run else ""))
+    repo = _open_repo()
+    prune_report = None
+    with lock_repo(repo, exclusive=not dry_run or prune) as lock:
+        problems: list[str] = []
+        manifests = [m for m in load_manifests(repo, problems)
+                     if not source or m.source in source]
+        if problems:
+            say(f"warning: {len(problems)} snapshot(s) could not be read and were left "
+                "alone; run 'sellerbak check'")
+        for name in sorted(set(source or ()) - {m.source for m in manifests}):
+            say(f"warning: no snapshot of source {name} to judge")
+        decisions = apply_policy(manifests, policy)
+        refuse_removing_all(decisions)
+        removed = [d.manifest for d in decisions if not d.keep]
+        if not dry_run:
+            lock.ensure_held()
+            for m in removed:
+                repo.store.delete(snapshot_name(m.id))
+        outcome.gauges.update({"snapshots_removed": len(removed),
+                               "snapshots_kept": len(decisions) - len(removed)})
+        if prune:
+            # a dry run has deleted nothing: prune must plan as if it had
+            prune_report = run_prune(repo, lock, dry_run, threshold,
+                                     ignore={m.id for m in removed} if dry_run else None)
+    if settings.json:
+        doc: dict[str, Any] = {"dry_run": dry_run, "policy": policy.to_json(),
+                               "sources": _by_source(decisions), "problems": problems}
+        if prune_report is not None:
+            doc["prune"] = prune_report.to_json()
+        emit_json(doc)
+        return
+    _print_decisions(decisions, dry_run)
+    if prune_report is not None:
+        for line in prune_report.describe():
+            say(line)
+    verb = "would remove" if dry_run else "removed"
+    summary(f"{verb} {len(removed)} of {len(decisions)} snapshots"
+            + (f" of {len({d.manifest.source for d in decisions})} source(s)" if decisions
+               else "")
+            + (f"; {prune_report.summary_line()}" if prune_report is not None else "")
+            + ("; run 'sellerbak prune' to free their data"
+               if removed and not prune and not dry_run else ""))
+
+
+def _duration(text: str | None) -> Any:
+    if text is None:
+        return None
+    from sellerbak.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--keep-within: {exc}") from None
+
+
+def _by_source(decisions: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for d in decisions:
+        m = d.manifest
+        group = out.setdefault(m.source, {"kept": [], "removed": []})
+        if d.keep:
+            group["kept"].append({"id": m.id.hex(), "time": m.time, "tags": m.tags,
+                                  "reasons": d.reasons})
+        else:
+            group["removed"].append({"id": m.id.hex(), "time": m.time, "tags": m.tags})
+    return out
+
+
+def _print_decisions(decisions: list[Any], dry_run: bool) -> None:
+    """Per source, a table of every snapshot: kept (and why) or removed; on stdout, like
+    `snapshots`."""
+    if settings.quiet:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:  # a log or a pipe: one line per snapshot, never wrapped
+        console = Console(soft_wrap=True, width=1000)
+    gone = "would remove" if dry_run else "removed"
+    for source in dict.fromkeys(d.manifest.source for d in decisions):
+        group = [d for d in decisions if d.manifest.source == source]
+        kept = sum(d.keep for d in group)
+        table = Table(title=f"{source}: keep {kept}, {gone} {len(group) - kept}",
+                      title_justify="left", box=None, header_style="bold")
+        for col in ("id", "time", "tags", "action", "reasons"):
+            table.add_column(col)
+        for d in group:
+            m = d.manifest
+            table.add_row(m.short_id, m.datetime.strftime("%Y-%m-%d %H:%M:%S"),
+                          ",".join(m.tags), "keep" if d.keep else "remove",
+                          ", ".join(d.reasons))
+        console.print(table)

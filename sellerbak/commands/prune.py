@@ -19,14 +19,15 @@ from sellerbak.cli import (
 from sellerbak.errors import UsageError
 
 
-def run_prune(repo: Any, lock: Any, dry_run: bool, max_unused: float) -> Any:
-    """Prune under an exclusive lock the caller holds; reports to monitoring. Shared with
-    `forget --prune`."""
+def run_prune(repo: Any, lock: Any, dry_run: bool, max_unused: float,
+              ignore: set[bytes] | None = None) -> Any:
+    """Prune under a lock the caller holds; reports to monitoring. Shared with
+    `forget --prune`, whose dry run passes the snapshots it would remove as `ignore`."""
     from sellerbak.repository.prune import prune_repository
 
     outcome = settings.outcome if settings.outcome is not None else monitored("prune")
     report = prune_repository(repo, dry_run=dry_run, max_unused=max_unused,
-                              before_delete=lock.ensure_held)
+                              before_delete=lock.ensure_held, ignore=ignore or set())
     outcome.bytes_added = report.bytes_written
     outcome.gauges.update({"bytes_freed": report.bytes_freed,
                            "packs_deleted": report.packs_deleted,

@@ -140,17 +140,21 @@ class _Plan:
 
 def prune_repository(repo: Repository, *, dry_run: bool = False,
                      max_unused: float = DEFAULT_MAX_UNUSED, progress: Any = None,
-                     before_delete: Callable[[], None] | None = None) -> PruneReport:
+                     before_delete: Callable[[], None] | None = None,
+                     ignore: set[bytes] | frozenset[bytes] = frozenset()) -> PruneReport:
     """Remove unreferenced data; see the module docstring for why it is safe to interrupt.
 
     `before_delete` runs after the new index is written and before anything is deleted: the
-    CLI passes a check that the exclusive lock is still held."""
+    CLI passes a check that the exclusive lock is still held. Snapshots in `ignore` count as
+    gone (only for dry runs: `forget --dry-run --prune` shows what the real run frees)."""
+    if ignore and not dry_run:
+        raise ValueError("ignoring snapshots is for dry runs only")
     report = PruneReport(dry_run=dry_run)
     records, index_ids = _load_packs(repo, report)
     index = Index()
     for record in records.values():
         index.add_pack(record)
-    used = _used_blobs(repo, index, report)
+    used = _used_blobs(repo, index, report, ignore)
     plan = _plan(records, used, max_unused, report)
     plan.index_ids = index_ids
     settled = (not plan.delete and not plan.repack and not report.unindexed_packs
@@ -224,9 +228,10 @@ def _load_packs(repo: Repository, report: PruneReport
     return records, [iid for _name, iid in names]
 
 
-def _used_blobs(repo: Repository, index: Index, report: PruneReport) -> set[bytes]:
+def _used_blobs(repo: Repository, index: Index, report: PruneReport,
+                ignore: set[bytes] | frozenset[bytes]) -> set[bytes]:
     problems: list[str] = []
-    manifests = load_manifests(repo, problems)
+    manifests = [m for m in load_manifests(repo, problems) if m.id not in ignore]
     if problems:
         raise IntegrityError(f"refusing to prune: {len(problems)} snapshot(s) cannot be read "
                              f"({problems[0]}); run 'sellerbak check'")
