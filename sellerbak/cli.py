@@ -561,7 +561,7 @@ def _finish_outcome(code: int, error: str | None) -> None:
 
     outcome.finished = time.time()
     outcome.exit_code = code
-    outcome.error = error
+    outcome.error = error or outcome.error
     config = settings._config
     try:
         if config.metrics_textfile is not None:
