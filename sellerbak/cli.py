@@ -122,8 +122,11 @@ def _global(
             settings.retry_lock = parse_duration(retry_lock)
         except ValueError as exc:
             raise UsageError(f"--retry-lock: {exc}") from None
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # -q, systemd and --json: retry chatter stays out; errors still come as the one line
+    level = logging.DEBUG if verbose else (logging.ERROR if settings.quiet or json_out
+                                           else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     if not verbose:
         for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -377,6 +380,11 @@ def restore(
     if not settings.quiet:
         for r in restored:
             typer.echo(str(r.path))
+    for name in (r.name for r in restored):
+        if not manifest.datasets[name].complete:
+            say(f"warning: {name} was incomplete when this snapshot was taken "
+                f"({manifest.datasets[name].problem or 'the source stopped early'}); it holds "
+                "what was exported")
     summary(f"restored {len(restored)} datasets of snapshot {manifest.short_id} "
         f"({manifest.source}, {manifest.time}) into {target.resolve()}, verified")
 
@@ -621,6 +629,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure ends as one line on stderr and a meaningful exit code."""
     import signal
 
+    from sellerbak import allocator
+
+    allocator.tune()
     error: str | None = None
     _stopped_by.clear()
     previous_handlers = _catch_stop_signals()

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from sellerbak import safeyaml
 from sellerbak.credentials import SecretRef, parse_secret_ref
 from sellerbak.durations import parse_duration
 from sellerbak.errors import ConfigError
@@ -143,11 +144,11 @@ def load_config(explicit: str | None = None) -> Config:
 
 def parse_config(text: str, path: Path) -> Config:
     try:
-        raw = yaml.safe_load(text)
+        raw = safeyaml.load(text)  # bounded: no alias bombs, no deep-nesting crash
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({exc.problem})") from None
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({exc.problem})") from None
     except yaml.YAMLError:
         raise ConfigError(f"{path}: not valid YAML") from None
     if not isinstance(raw, dict):
@@ -202,12 +203,12 @@ def parse_config(text: str, path: Path) -> Config:
         if not isinstance(src, dict):
             raise ConfigError(f"{path}: {key}: must be a mapping with 'name' and 'type'")
         name, stype = src.get("name"), src.get("type")
-        if not isinstance(name, str) or not name or "/" in name:
+        if not isinstance(name, str) or not name or "/" in name or not name.isprintable():
             raise ConfigError(f"{path}: {key}.name: missing or not a plain name")
         if name in seen:
             raise ConfigError(f"{path}: {key}.name: duplicate source name {name!r}")
         seen.add(name)
-        if stype not in SOURCE_TYPES:
+        if not isinstance(stype, str) or stype not in SOURCE_TYPES:
             raise ConfigError(f"{path}: {key}.type: must be one of "
                               f"{', '.join(sorted(SOURCE_TYPES))}")
         options = {k: v for k, v in src.items() if k not in ("name", "type")}
@@ -270,7 +271,10 @@ def _notify(value: Any, base: Path, path: Path) -> NotifyConfig:
     command = raw.get("command")
     if command is not None:
         if isinstance(command, str) and command.strip():
-            out.command = shlex.split(command)
+            try:
+                out.command = shlex.split(command)
+            except ValueError as exc:  # an unbalanced quote or a trailing backslash
+                raise ConfigError(f"{path}: notify.command: {exc}") from None
         elif (isinstance(command, list) and command
               and all(isinstance(c, str) for c in command)):
             out.command = list(command)
@@ -332,8 +336,14 @@ def _resolve_repo_url(url: str, base: Path) -> str:
 
 
 def _resolve_path(value: str, base: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+    try:
+        if "\0" in value:
+            raise ValueError  # no file system takes it
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+    except (RuntimeError, ValueError):  # ~unknown-user, or a NUL character
+        raise ConfigError(f"config: path {value[:100]!r} cannot be used (unknown user in "
+                          "~user, or a NUL character)") from None
 
 
 def _opt_str(obj: dict[str, Any], key: str, prefix: str, path: Path) -> str | None:
@@ -348,8 +358,15 @@ def _opt_str(obj: dict[str, Any], key: str, prefix: str, path: Path) -> str | No
 def _no_unknown(obj: dict[str, Any], allowed: set[str], prefix: str, path: Path) -> None:
     for key in obj:
         if key not in allowed:
-            raise ConfigError(f"{path}: {prefix}{key}: unknown key (allowed: "
+            raise ConfigError(f"{path}: {prefix}{shown_key(key)}: unknown key (allowed: "
                               f"{', '.join(sorted(allowed))})")
+
+
+def shown_key(key: Any) -> str:
+    """A key from the file as an error message shows it: on one line, and short."""
+    if isinstance(key, str) and key.isprintable() and len(key) <= 60:
+        return key
+    return repr(key)[:60]
 
 
 def option(src: SourceConfig, key: str, kind: type, default: Any, path: Path) -> Any:

@@ -37,13 +37,18 @@ class SecretRef:
                 raise ConfigError(f"{self.key}: environment variable {self.value} is not set")
             return secret
         if self.kind == "file":
-            path = Path(self.value).expanduser()
-            if not path.is_absolute() and self.base_dir is not None:
-                path = self.base_dir / path
             try:
+                path = Path(self.value).expanduser()
+                if not path.is_absolute() and self.base_dir is not None:
+                    path = self.base_dir / path
                 return path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
                 raise ConfigError(f"{self.key}: cannot read {path}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{self.key}: {path} is not UTF-8 text") from None
+            except (RuntimeError, ValueError):  # ~unknown-user, or a NUL character
+                raise ConfigError(f"{self.key}: {self.value[:100]!r} is not a usable path") \
+                    from None
         try:
             done = subprocess.run(shlex.split(self.value), capture_output=True, text=True,
                                   timeout=COMMAND_TIMEOUT, check=False)

@@ -7,6 +7,8 @@ The exit codes follow restic's so that scripts written for one work with the oth
 
 from __future__ import annotations
 
+from datetime import datetime
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -70,6 +72,19 @@ class ObjectNotFoundError(StorageError):
 
 class ObjectExistsError(StorageError):
     """An object that must be written once already exists; nothing was overwritten."""
+
+
+class RetentionError(StorageError):
+    """An object cannot be deleted yet: S3 Object Lock retention (or a legal hold) protects it.
+
+    Raised by `Store.delete` instead of hiding the object behind a delete marker, so a caller
+    such as prune can leave the object, count it and delete it in a later run. `until` is when
+    the retention ends (None for a legal hold, which has no end date)."""
+
+    def __init__(self, message: str, name: str = "", until: datetime | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.until = until
 
 
 class SourceError(SellerbakError):

@@ -20,6 +20,7 @@ import heapq
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -27,7 +28,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from sellerbak.errors import SourceError
+from sellerbak.errors import IntegrityError, SourceError
 
 #: a record as it travels through the engine: (sort key, canonical line with trailing newline)
 Line = tuple[str, bytes]
@@ -65,17 +66,48 @@ def record_key(record: Any, dataset: str) -> str:
     raise SourceError(f"dataset {dataset}: a record has no usable 'id' (string or integer)")
 
 
+#: an integer orjson would read as a float (below -2^63, or above 2^64 - 1), losing digits: a
+#: number token (after `:`, `,`, `[` or at the start) of 20 digits, or 19 after a minus sign
+_WIDE_INT = re.compile(rb"(?:^|[:,\[])\s*(?:-\d{19}|\d{20})")
+_WIDE_INT_STR = re.compile(r"(?:^|[:,\[])\s*(?:-\d{19}|\d{20})")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: the canonical form would turn it into null
+        raise ValueError(f"number {text[:40]} is beyond the range of a double")
+    return value
+
+
 def parse_json(data: bytes | str) -> Any:
-    """Parse one JSON document; NaN and Infinity are refused (they are not JSON)."""
+    """Parse one JSON document exactly, or raise ValueError (UnicodeDecodeError included).
+
+    NaN and Infinity are refused (they are not JSON), and so are numbers beyond a double's
+    range (the canonical form could not hold them). orjson reads integers beyond 64 bits as
+    floats, silently dropping digits, so a document that may hold one goes to the standard
+    library instead (text inside a string that looks like one only costs speed)."""
+    wide = (_WIDE_INT_STR if isinstance(data, str) else _WIDE_INT).search(data)
+    if wide is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # let the stdlib decide, and say why
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        # orjson refuses integers beyond 64 bits, which are valid JSON: let the stdlib decide
-        return json.loads(data, parse_constant=_reject_constant)
+        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:  # orjson stops at 1024 levels, the stdlib at the stack's end
+        raise ValueError("nested too deeply") from None
 
 
-def parse_line(line: bytes) -> dict[str, Any]:
-    return parse_json(line)
+def parse_line(line: bytes, dataset: str = "?") -> dict[str, Any]:
+    """A stored (canonical) record line: authenticated, yet refused with an IntegrityError,
+    not a crash, if it is not a JSON object."""
+    try:
+        record = parse_json(line)
+    except ValueError:
+        raise IntegrityError(f"dataset {dataset}: a stored record is not JSON") from None
+    if not isinstance(record, dict):
+        raise IntegrityError(f"dataset {dataset}: a stored record is not a JSON object")
+    return record
 
 
 def encode_records(records: Iterable[dict[str, Any]], dataset: str) -> Iterator[Line]:

@@ -87,3 +87,27 @@ def s3_url(s3_env: SeaweedServer, request: pytest.FixtureRequest) -> str:
 # =============================================================================================
 # (end of S3 / SeaweedFS fixtures)
 # =============================================================================================
+
+
+# =============================================================================================
+# Fault-injection fixtures (tests/test_faults_*.py)
+# =============================================================================================
+
+
+@pytest.fixture(scope="module")
+def killable_seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """A SeaweedFS server of the module's own, for tests that kill -9 and restart it: a crash
+    then never disturbs the shared `seaweed` server (and the objects other tests left in it).
+    Holds the `S3_TEST_BUCKET` bucket, like `seaweed`."""
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed-killable") / "data")
+    server.start()
+    server.client().create_bucket(Bucket=S3_TEST_BUCKET)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# =============================================================================================
+# (end of fault-injection fixtures)
+# =============================================================================================

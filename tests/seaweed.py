@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,8 +101,15 @@ def _free_port(taken: set[int]) -> int:
 def _die_with_parent_hook() -> Callable[[], None] | None:
     """A preexec_fn that makes Linux SIGKILL the server if the test process dies without running
     fixture teardown (pytest killed), so no orphan keeps ports and memory. libc is looked up here,
-    in the parent: the child between fork and exec should only make the one system call."""
+    in the parent: the child between fork and exec should only make the one system call.
+
+    Only from the main thread: the "parent" of PR_SET_PDEATHSIG is the *thread* that forked, so
+    a server (re)started from a helper thread (a test bringing it back while the main thread
+    waits for a CLI run) would be killed the moment that thread ends. Such a server goes without
+    the guard; the fixture's teardown still stops it."""
     if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
         return None
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl

@@ -371,33 +371,44 @@ class FormatReader:
         """(blob id -> (pack id, entry), pack id -> indexed size, pack id -> entries)."""
         if self._index is not None:
             return self._index
-        blobs: dict[bytes, tuple[bytes, Entry]] = {}
-        sizes: dict[bytes, int] = {}
-        packs: dict[bytes, list[Entry]] = {}
+        loaded: list[tuple[bytes, list[tuple[bytes, int, list[Entry]]], list[bytes]]] = []
         for name in self.names("index/"):
             index_id = self.hex_id(name, "index/")
             if index_id is None:
                 continue
             framed = self.open_envelope(self.KIND_INDEX, index_id, self.get(name), name)
             plain = self.zstd_frame(framed, self.MAX_DECOMPRESSED, name)
-            if len(plain) < 9 or plain[:4] != b"SBIX" or plain[4] != 1:
+            if len(plain) < 9 or plain[:4] != b"SBIX" or plain[4] not in (1, 2):
                 raise ReaderError("format", f"{name}: bad index magic or version")
             (npacks,) = struct.unpack_from(">I", plain, 5)
             pos = 9
+            records = []
             for _ in range(npacks):
                 if pos + 44 > len(plain):
                     raise ReaderError("format", f"{name}: pack table runs past the end")
                 pack_id, size, count = struct.unpack_from(">32sQI", plain, pos)
                 entries, pos = self._entries(plain, pos + 44, count, name)
-                sizes[pack_id] = size
-                packs[pack_id] = entries
-                for e in entries:
-                    blobs.setdefault(e.blob_id, (pack_id, e))
+                records.append((pack_id, size, entries))
             if pos + 4 > len(plain):
                 raise ReaderError("format", f"{name}: truncated")
             (nsup,) = struct.unpack_from(">I", plain, pos)
             if pos + 4 + 32 * nsup != len(plain):
                 raise ReaderError("format", f"{name}: supersedes list has the wrong length")
+            sup = [plain[pos + 4 + 32 * i: pos + 36 + 32 * i] for i in range(nsup)]
+            loaded.append((index_id, records, sup))
+        # §10: an index object another one supersedes is ignored
+        superseded = {old for _iid, _records, sup in loaded for old in sup}
+        blobs: dict[bytes, tuple[bytes, Entry]] = {}
+        sizes: dict[bytes, int] = {}
+        packs: dict[bytes, list[Entry]] = {}
+        for index_id, records, _sup in loaded:
+            if index_id in superseded:
+                continue
+            for pack_id, size, entries in records:
+                sizes[pack_id] = size
+                packs[pack_id] = entries
+                for e in entries:
+                    blobs.setdefault(e.blob_id, (pack_id, e))
         self._index = (blobs, sizes, packs)
         return self._index
 
@@ -1623,6 +1634,7 @@ def clash(tmp_path_factory: pytest.TempPathFactory) -> Clash:
     try:
         run = SnapshotRun(open_repo(store))
         run._trained_ids = _Forgetful()
+        run.reader.dictionary_ids = set  # nor does it see the first one, stored already
         run.run(ListSource("shop", data), [])
     finally:
         patch.undo()
@@ -1671,3 +1683,27 @@ def test_real_code_reuses_a_snapshot_run_for_a_second_night(tmp_path: Path) -> N
     changes = {"orders": (_orders(rng, 600, 5), [])}
     run.run(ListSource("shop", {"orders": orders}, changes=changes), [])
 
+
+
+def test_reader_follows_prune_and_ignores_superseded_indexes(copy: Path, built: Built) -> None:
+    """§10, §14: after a prune (deleting, repacking, one version-2 index superseding the rest)
+    the reader restores every kept snapshot byte for byte, and an old index object that
+    survived (say under Object Lock retention) is ignored although its packs are gone."""
+    from sellerbak.repository.prune import prune_repository
+    from sellerbak.storage.local import LocalStore
+    from tests.helpers import open_repo as open_real
+
+    first = built.ids[0]
+    (copy / "snapshots" / first).unlink()
+    old_indexes = {p.name: p.read_bytes() for p in (copy / "index").iterdir()}
+    report = prune_repository(open_real(LocalStore(copy)), max_unused=0.05)
+    assert report.packs_deleted + report.packs_repacked > 0
+    for name, data in old_indexes.items():
+        (copy / "index" / name).write_bytes(data)
+    reader = FormatReader(copy)
+    reader.unlock(PASSPHRASE)
+    kept = reader.snapshots()
+    assert [m["id"] for m in kept] == built.ids[1:]
+    for manifest in kept:
+        for name in manifest["datasets"]:
+            assert reader.read_dataset(manifest, name) == built.restored[manifest["id"]][name]

@@ -69,11 +69,10 @@ SCRIPT = textwrap.dedent("""\
     import json, os, sys
     out = sys.argv[1]
     payload = sys.stdin.read()
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith("SELLERBAK_") or k == "CREDENTIALS_DIRECTORY"}
+    env = dict(os.environ)
     with open(out, "a") as f:
         f.write(json.dumps({"stdin": payload, "env": env}) + "\\n")
-    sys.exit(int(os.environ.get("EXIT_WITH", "0")))
+    sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
 """)
 
 
@@ -287,6 +286,8 @@ def test_command_gets_the_summary_on_stdin_and_no_secrets(tmp_path: Path,
     argv, out = notifier(tmp_path)
     monkeypatch.setenv("SELLERBAK_PASSPHRASE", PASSPHRASE)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3-secret-key")
+    monkeypatch.setenv("TTS_APP_SECRET", "app-secret")
     problems = notify_failure(NotifyConfig(command=argv, timeout=30), dict(SUMMARY))
     assert problems == []
     (got,) = notices(out)
@@ -295,14 +296,22 @@ def test_command_gets_the_summary_on_stdin_and_no_secrets(tmp_path: Path,
     assert payload["event"] == "failure"
     assert payload["text"] == ("sellerbak snapshot failed on shop-host (exit 11): repository "
                                "is locked by host a (pid 1)")
-    assert got["env"] == {"SELLERBAK_EVENT": "failure", "SELLERBAK_COMMAND": "snapshot",
-                          "SELLERBAK_HOST": "shop-host", "SELLERBAK_EXIT_CODE": "11"}
+    sellerbak_vars = {k: v for k, v in got["env"].items() if k.startswith("SELLERBAK_")}
+    assert sellerbak_vars == {"SELLERBAK_EVENT": "failure", "SELLERBAK_COMMAND": "snapshot",
+                              "SELLERBAK_HOST": "shop-host", "SELLERBAK_EXIT_CODE": "11"}
+    # an allowlist, not a blocklist: no credentials of any kind reach the notifier
+    assert set(got["env"]) - set(sellerbak_vars) <= {"PATH", "HOME", "USER", "LOGNAME",
+                                                      "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                                                      "SHELL", "TERM", "INVOCATION_ID",
+                                                      "JOURNAL_STREAM", "SYSTEMD_EXEC_PID",
+                                                      "LC_CTYPE", "LC_ALL", "PWD"}
+    assert "PATH" in got["env"]
 
 
 def test_command_failures_and_timeouts_are_reported(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     argv, out = notifier(tmp_path)
-    monkeypatch.setenv("EXIT_WITH", "3")
+    argv = [*argv, "3"]
     assert notify_failure(NotifyConfig(command=argv, timeout=30), dict(SUMMARY)) == \
         [f"notify command {Path(sys.executable).name} exited with status 3"]
     # a notifier that hangs is killed with everything it started

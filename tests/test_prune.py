@@ -76,11 +76,11 @@ def store(request, tmp_path: Path):
 def test_prune_deletes_and_repacks_and_keeps_every_snapshot(store, tmp_path: Path) -> None:
     expected = _build(store)
     before = sum(i.size for i in store.list("data/"))
-    dry = prune_repository(open_repo(store), dry_run=True, max_unused=0.2)
+    dry = prune_repository(open_repo(store), dry_run=True, max_unused=0.0)
     assert dry.packs_deleted + dry.packs_repacked > 0
     assert sum(i.size for i in store.list("data/")) == before  # a dry run changes nothing
 
-    report = prune_repository(open_repo(store), max_unused=0.2)
+    report = prune_repository(open_repo(store), max_unused=0.0)
     assert report.packs_deleted >= 1 and report.packs_repacked >= 1
     assert (report.packs_deleted, report.packs_repacked) == (dry.packs_deleted,
                                                              dry.packs_repacked)
@@ -91,7 +91,7 @@ def test_prune_deletes_and_repacks_and_keeps_every_snapshot(store, tmp_path: Pat
     check = check_repository(open_repo(store), read_data=True)
     assert check.ok and check.unreferenced_packs == 0
 
-    again = prune_repository(open_repo(store), max_unused=0.2)  # nothing left to do
+    again = prune_repository(open_repo(store), max_unused=0.0)  # nothing left to do
     assert (again.packs_deleted, again.packs_repacked, again.indexes_written) == (0, 0, 0)
 
 

@@ -190,7 +190,7 @@ class _DatasetBuilder:
 
 def _chunk_lines(plain: bytes, dataset: str) -> Iterator[Line]:
     for line in plain.splitlines(keepends=True):
-        yield record_key(parse_line(line), dataset), line
+        yield record_key(parse_line(line, dataset), dataset), line
 
 
 class SnapshotRun:
@@ -328,9 +328,25 @@ class SnapshotRun:
         self._trained_ids.add(dict_id)
         raw = zdict.as_bytes()
         blob_id = self.repo.blob_id(TYPE_DICT, raw)
-        writer.add(blob_id, raw, TYPE_DICT)
+        self._store_first(blob_id, raw, writer)
         self._dicts[blob_id] = load_dictionary(raw)
         return blob_id, self._dicts[blob_id]
+
+    def _store_first(self, blob_id: bytes, raw: bytes, writer: PackWriter) -> None:
+        """Store a new dictionary, in a pack of its own, before any chunk compressed with it is
+        sealed. Packs go up in parallel and a run can fail between two of them; the packs that
+        made it are reused by the next run. Left to the shared writer, the dictionary would go
+        out with a later pack, and a failure in between would leave stored chunks nobody can
+        decompress, which the next run would reuse into a snapshot that does not restore."""
+        own = PackWriter(self.repo, self.index, on_upload=self.progress.uploaded)
+        try:
+            own.add(blob_id, raw, TYPE_DICT)
+            own.flush()
+        finally:
+            own.close()
+        writer.stats.bytes_raw_new += own.stats.bytes_raw_new
+        writer.stats.bytes_stored += own.stats.bytes_stored
+        writer.stats.packs += own.stats.packs
 
     def _merge(self, builder: _DatasetBuilder, base: DatasetEntry, changes: Iterator[Line],
                export: RemoteDataset) -> None:

@@ -22,9 +22,14 @@ Where fork is not available, or `SELLERBAK_NO_WORKER` is set, the same protocol 
 
 from __future__ import annotations
 
+import errno
+import gc
 import logging
 import multiprocessing
 import os
+import signal
+import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -88,6 +93,15 @@ def produce(source: Source, cursors: dict[str, Any], full: bool, tmpdir: str | N
         yield ("done",)
     except SellerbakError as exc:
         yield ("error", type(exc).__name__, str(exc), exc.exit_code)
+    except OSError as exc:  # a local disk: sorting spills to temporary files
+        where = "" if exc.errno not in (errno.ENOSPC, errno.EDQUOT) else (
+            f" (temporary files go to {tmpdir or tempfile.gettempdir()}; set TMPDIR to use "
+            "another disk)")
+        yield ("error", "SourceError", f"source {source.name} failed: "
+               f"{exc.strerror or type(exc).__name__}{where}", 1)
+    except sqlite3.Error as exc:  # a state database (TikTok's customers order book)
+        yield ("error", "SourceError", f"source {source.name} failed: its state database in "
+               f"the state directory: {exc}", 1)
     except Exception as exc:  # noqa: BLE001 - reported as one line by the parent
         log.debug("export failed", exc_info=True)
         yield ("error", "SourceError", f"source {source.name} failed: {type(exc).__name__}", 1)
@@ -126,8 +140,15 @@ def _line_batches(lines: Iterator[Line]) -> Iterator[tuple[str, list[Line]]]:
         yield ("lines", batch)
 
 
-def _child(conn: Connection, source: Source, cursors: dict[str, Any], full: bool,
-           tmpdir: str | None, chunking: ChunkerParams) -> None:
+def _child(conn: Connection, parent_end: Connection, source: Source, cursors: dict[str, Any],
+           full: bool, tmpdir: str | None, chunking: ChunkerParams) -> None:
+    # the fork inherited the parent's reading end: holding it open would keep the pipe alive
+    # after the parent died (kill -9), and this process blocked on a full pipe for ever
+    parent_end.close()
+    # Ctrl-C reaches the whole process group: the parent decides what it means and stops us
+    # with SIGTERM, which ends this process quietly (no traceback), its `finally`s run
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_quietly)
     try:
         for message in produce(source, cursors, full, tmpdir, chunking):
             conn.send(message)
@@ -137,6 +158,10 @@ def _child(conn: Connection, source: Source, cursors: dict[str, Any], full: bool
         conn.close()
 
 
+def _stop_quietly(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 class ExportStream:
     """The parent's view of a running export: datasets one after another."""
 
@@ -144,12 +169,19 @@ class ExportStream:
                  chunking: ChunkerParams, tmpdir: str | None = None) -> None:
         self._proc: Any = None
         self._conn: Connection | None = None
+        #: the export sent its last message ("done" or "error") and ends on its own
+        self._ended = False
         if _can_fork():
             ctx = multiprocessing.get_context("fork")
             parent, child = ctx.Pipe(duplex=False)
             self._proc = ctx.Process(target=_child,
-                                     args=(child, source, cursors, full, tmpdir, chunking),
+                                     args=(child, parent, source, cursors, full, tmpdir,
+                                           chunking),
                                      daemon=True, name=f"export-{source.name}")
+            # what is alive now is frozen until the export ends: neither process's collector
+            # walks it, so the pages the child shares with this process stay shared
+            gc.collect()
+            gc.freeze()
             self._proc.start()
             child.close()
             self._conn = parent
@@ -167,6 +199,8 @@ class ExportStream:
 
     def _next(self) -> tuple[Any, ...]:
         message = next(self._messages)
+        if message[0] in ("done", "error"):
+            self._ended = True
         if message[0] == "error":
             _, cls_name, text, code = message
             cls = getattr(errors, cls_name, None)
@@ -193,10 +227,13 @@ class ExportStream:
         if self._conn is not None:
             self._conn.close()
         if self._proc is not None:
+            if not self._ended:  # interrupted or failed here: stop the export now
+                self._proc.terminate()
             self._proc.join(timeout=5)
             if self._proc.is_alive():
                 self._proc.kill()
                 self._proc.join()
+            gc.unfreeze()
 
 
 class RemoteDataset:

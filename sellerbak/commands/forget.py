@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from sellerbak.cli import _open_repo, app, emit_json, lock_repo, monitored, say, settings, summary
-from sellerbak.errors import UsageError
+from sellerbak.errors import RetentionError, UsageError
 
 _COUNT_HELP = ("Keep the newest snapshot of each of the last N {what} (UTC) that have one; "
                "-1 keeps one of every {one}.")
@@ -90,10 +90,18 @@ def forget(
         decisions = apply_policy(manifests, policy)
         refuse_removing_all(decisions)
         removed = [d.manifest for d in decisions if not d.keep]
+        retained: list[str] = []
         if not dry_run:
             lock.ensure_held()
             for m in removed:
-                repo.store.delete(snapshot_name(m.id))
+                try:
+                    repo.store.delete(snapshot_name(m.id))
+                except RetentionError as exc:  # Object Lock: it goes when retention ends
+                    retained.append(m.short_id)
+                    say(f"warning: snapshot {m.short_id}: {exc}")
+            if retained:
+                problems.append(f"{len(retained)} snapshot(s) are still under Object Lock "
+                                f"retention and were left: {', '.join(retained)}")
         outcome.gauges.update({"snapshots_removed": len(removed),
                                "snapshots_kept": len(decisions) - len(removed)})
         if prune:

@@ -60,7 +60,7 @@ class KeyFile:
             raise FormatError("key file is too large")
         try:
             obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nested past the stack
             raise FormatError("key file is not JSON") from None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise FormatError("key file has an unknown format")
@@ -79,7 +79,12 @@ class KeyFile:
                 or len(key_id) != 32):
             raise FormatError("key file has a malformed field")
         kdf = KdfParams.from_json(obj.get("kdf"))  # bounds checked here, before any KDF work
-        return cls(repo_id, key_id, created, hostname, kdf, wrapped)
+        key_file = cls(repo_id, key_id, created, hostname, kdf, wrapped)
+        try:
+            key_file.context()
+        except UnicodeEncodeError:  # a lone surrogate: JSON can spell it, UTF-8 cannot
+            raise FormatError("key file has a malformed field") from None
+        return key_file
 
     @classmethod
     def create(cls, repo_id: bytes, keyring: Keyring, passphrase: str, kdf: KdfParams) -> KeyFile:

@@ -54,7 +54,8 @@ class Keyring:
             epochs = {int(e): base64.b64decode(k, validate=True)
                       for e, k in obj["epochs"].items()}
             current = int(obj["current"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+                RecursionError) as exc:
             raise FormatError(f"keyring does not parse: {type(exc).__name__}") from None
         if current not in epochs or 1 not in epochs or any(len(k) != 32 for k in epochs.values()):
             raise FormatError("keyring is inconsistent")

@@ -66,7 +66,7 @@ def check_repository(repo: Repository, read_data: bool = False,
             except SellerbakError as exc:
                 report.errors.append(f"{where}: {exc}")
     report.chunks_referenced = len(referenced)
-    needed_packs = {index.chunks[c].pack_id for c in referenced if c in index}
+    needed_packs = {index.locate(c).pack_id for c in referenced if c in index}
     for pid, pack in index.packs.items():
         if pid not in stored:
             if pid in needed_packs:

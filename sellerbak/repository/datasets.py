@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+from collections import deque
 from collections.abc import Iterator
 
 from sellerbak.errors import IntegrityError
@@ -25,11 +25,40 @@ def iter_chunk_refs(reader: ChunkReader, entry: DatasetEntry) -> Iterator[ChunkR
 
 
 def iter_chunks(reader: ChunkReader, entry: DatasetEntry) -> Iterator[tuple[ChunkRef, bytes]]:
-    """(reference, verified plaintext) for every chunk of the dataset, in order."""
-    refs_for_ids, refs = itertools.tee(iter_chunk_refs(reader, entry))
-    plains = reader.read(r.chunk_id for r in refs_for_ids)
-    for ref, plain in zip(refs, plains, strict=True):
+    """(reference, verified plaintext) for every chunk of the dataset, in order. The reader
+    looks ahead over the references (to plan its reads), so they wait in a queue until their
+    chunk comes back; it holds only what the reader has planned and not yet handed out."""
+    planned: deque[ChunkRef] = deque()
+
+    def chunk_ids() -> Iterator[bytes]:
+        for ref in iter_chunk_refs(reader, entry):
+            planned.append(ref)
+            yield ref.chunk_id
+
+    for plain in reader.read(chunk_ids()):
+        ref = planned.popleft()
         if plain.count(b"\n") != ref.records:
             raise IntegrityError(f"dataset {entry.name}: a chunk holds a different number of "
                                  "records than its reference says")
         yield ref, plain
+
+
+def iter_chunk_runs(reader: ChunkReader, entry: DatasetEntry) -> Iterator[tuple[int, bytes]]:
+    """(records, plaintext) of runs of consecutive chunks, in order: the dataset's bytes
+    handed out a stored group at a time rather than a chunk at a time (see
+    ChunkReader.read_runs), for readers that want the bytes and the count, not the chunks. A
+    run's lines are checked against its chunks' references together."""
+    planned: deque[int] = deque()
+
+    def chunk_ids() -> Iterator[bytes]:
+        for ref in iter_chunk_refs(reader, entry):
+            planned.append(ref.records)
+            yield ref.chunk_id
+
+    take = planned.popleft
+    for chunks, plain, lines in reader.read_runs(chunk_ids()):
+        records = take() if chunks == 1 else sum(take() for _ in range(chunks))
+        if lines != records:
+            raise IntegrityError(f"dataset {entry.name}: a chunk holds a different number of "
+                                 "records than its reference says")
+        yield records, plain

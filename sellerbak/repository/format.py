@@ -18,6 +18,8 @@ PACK_HEADER_MAGIC = b"SBPH"
 PACK_TRAILER_MAGIC = b"SBPK"
 INDEX_MAGIC = b"SBIX"
 FORMAT_VERSION = 1
+#: index objects written by prune: same layout, a non-empty `supersedes` list that readers obey
+INDEX_VERSION_SUPERSEDES = 2
 
 # BlobEntry.flags: low two bits say how the blob body is compressed, bits 4-5 what it holds
 COMP_MASK = 0x03
@@ -122,7 +124,10 @@ def decode_trailer(tail: bytes, pack_size: int, what: str) -> int:
 
 
 def encode_index(packs: list[PackRecord], supersedes: list[bytes]) -> bytes:
-    parts = [INDEX_MAGIC, bytes([FORMAT_VERSION]), struct.pack(">I", len(packs))]
+    # an index that supersedes others is version 2: a version-1 reader, which loads every
+    # index object, would also trust superseded ones listing packs prune has deleted
+    version = INDEX_VERSION_SUPERSEDES if supersedes else FORMAT_VERSION
+    parts = [INDEX_MAGIC, bytes([version]), struct.pack(">I", len(packs))]
     for p in packs:
         parts.append(struct.pack(">32sQI", p.pack_id, p.size, len(p.blobs)))
         parts.append(encode_entries(p.blobs))
@@ -135,7 +140,7 @@ def decode_index(data: bytes, what: str) -> tuple[list[PackRecord], list[bytes]]
     plain = decompress(data, what)
     if len(plain) < 9 or plain[:4] != INDEX_MAGIC:
         raise FormatError(f"{what}: bad index magic")
-    if plain[4] != FORMAT_VERSION:
+    if plain[4] not in (FORMAT_VERSION, INDEX_VERSION_SUPERSEDES):
         raise FormatError(f"{what}: unsupported index version {plain[4]}")
     (npacks,) = struct.unpack_from(">I", plain, 5)
     pos = 9

@@ -78,9 +78,13 @@ def list_locks(repo: Repository) -> list[LockInfo]:
             when = datetime.fromisoformat(obj["time"])
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
-            locks.append(LockInfo(lid, bool(obj["exclusive"]), str(obj["hostname"]),
-                                  int(obj["pid"]), when))
-        except (SellerbakError, ValueError, KeyError, TypeError):
+            pid = int(obj["pid"])
+            if not 0 < pid < 1 << 31:  # os.kill() takes a C int
+                raise ValueError("pid out of range")
+            locks.append(LockInfo(lid, bool(obj["exclusive"]), str(obj["hostname"]), pid,
+                                  when))
+        except (SellerbakError, ValueError, KeyError, TypeError, OverflowError,
+                RecursionError):
             locks.append(LockInfo(lid, True, "?", 0, datetime.now(UTC), readable=False))
     return locks
 
@@ -183,8 +187,16 @@ class RepositoryLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.release()
+            return
+        # the command already failed (often because storage is down): the lock goes stale by
+        # itself, and a failure to remove it must not replace the real error
+        try:
+            self.release()
+        except SellerbakError as release_error:
+            log.warning("could not remove the repository lock: %s", release_error)
 
 
 def remove_locks(repo: Repository, remove_all: bool = False) -> int:

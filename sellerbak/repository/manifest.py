@@ -33,6 +33,9 @@ from sellerbak.repository.format import compress, decompress
 from sellerbak.repository.repo import Repository, parse_hex_id, snapshot_name
 
 MANIFEST_FORMAT = "sellerbak-snapshot/1"
+#: bound of every count and length in a manifest (totals of larger ones would not add up
+#: reliably, nor print: a snapshot listing divides them as floats)
+MAX_COUNT = 1 << 63
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +54,8 @@ class ChunkRef:
     def from_json(cls, obj: Any) -> ChunkRef:
         cid, records, raw_len, first, last = obj
         ref = cls(bytes.fromhex(cid), int(records), int(raw_len), str(first), str(last))
-        if len(ref.chunk_id) != 32 or ref.records < 1 or ref.raw_len < 1:
+        if (len(ref.chunk_id) != 32 or not 1 <= ref.records < MAX_COUNT
+                or not 1 <= ref.raw_len < MAX_COUNT):
             raise ValueError("bad chunk reference")
         return ref
 
@@ -81,7 +85,8 @@ class RefListRef:
         bid, chunks, records, raw_len, first, last = obj
         ref = cls(bytes.fromhex(bid), int(chunks), int(records), int(raw_len), str(first),
                   str(last))
-        if len(ref.blob_id) != 32 or ref.chunks < 1 or ref.records < ref.chunks:
+        if (len(ref.blob_id) != 32 or ref.chunks < 1 or not ref.chunks <= ref.records < MAX_COUNT
+                or not 0 <= ref.raw_len < MAX_COUNT):
             raise ValueError("bad ref-list reference")
         return ref
 
@@ -90,7 +95,7 @@ def parse_reflist(plain: bytes, ref: RefListRef, what: str) -> list[ChunkRef]:
     """The chunk references in one ref-list blob, checked against its summary."""
     try:
         refs = [ChunkRef.from_json(orjson.loads(line)) for line in plain.splitlines()]
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError):
         raise FormatError(f"{what}: ref-list blob does not parse") from None
     if (len(refs) != ref.chunks or sum(r.records for r in refs) != ref.records
             or sum(r.raw_len for r in refs) != ref.raw_len
@@ -131,7 +136,9 @@ class DatasetEntry:
                 or sum(r.records for r in entry.reflist) != entry.records
                 or sum(r.raw_len for r in entry.reflist) != entry.bytes
                 or len(entry.sha256) != 64
-                or (entry.dict_id is not None and len(entry.dict_id) != 32)):
+                or (entry.dict_id is not None and len(entry.dict_id) != 32)
+                or not all(0 <= n < MAX_COUNT for n in (entry.records, entry.bytes))
+                or not (isinstance(entry.problem, str) or entry.problem is None)):
             raise ValueError("dataset totals do not add up")
         return entry
 
@@ -188,6 +195,8 @@ class Manifest:
                 obj.get("parent"), dict(obj.get("summary") or {}))
         if m.datetime.tzinfo is None:
             raise ValueError("manifest time has no time zone")
+        if not (isinstance(m.parent, str) or m.parent is None):
+            raise ValueError("manifest parent is not a snapshot id")
         return m
 
 
@@ -221,7 +230,8 @@ def read_manifest(repo: Repository, snapshot_id: bytes) -> Manifest:
     plain = decompress(repo.open_sealed(Kind.MANIFEST, snapshot_id, data, name), name)
     try:
         return Manifest.from_json(json.loads(plain), snapshot_id)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+            RecursionError) as exc:  # OverflowError: int(1e400); RecursionError: deep nesting
         raise FormatError(f"{name}: manifest does not parse ({exc})") from None
 
 

@@ -5,26 +5,29 @@ sealed in worker threads, in batches (zstd releases the GIL, so both cores work)
 current pack, and a full pack is uploaded in the background while the next one fills. Packs are
 named by a random 32-byte id, so concurrent writers never collide and nothing is overwritten.
 
-Reading: `ChunkReader` fetches blobs in the order given, grouping neighbours in the same pack
-into one range request and keeping a bounded number of requests in flight. Every blob is
-authenticated (AEAD bound to its id and kind) and its keyed id recomputed from the plaintext.
+Reading: `ChunkReader` hands out blobs in the order given, planning its range requests over a
+window of blobs ahead (by pack and offset, not in the order asked) and keeping the plaintext it
+holds bounded. Every group is authenticated (AEAD bound to its first blob's id and its kind)
+and every blob's keyed id recomputed from its plaintext.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+import tempfile
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import zstandard
 
 from sellerbak.crypto.envelope import Kind
-from sellerbak.errors import IntegrityError
+from sellerbak.errors import IntegrityError, SellerbakError
+from sellerbak.localfiles import disk_error
 from sellerbak.repository.format import (
     COMP_MASK,
     COMP_NONE,
@@ -45,7 +48,7 @@ from sellerbak.repository.repo import Repository, pack_name
 
 ZSTD_LEVEL = 3
 #: packs per index object while a snapshot runs; the rest go in one final index
-INDEX_EVERY_PACKS = 8
+INDEX_EVERY_PACKS = 4
 #: blobs handed to a worker at once (per-task overhead would otherwise dominate small chunks)
 BATCH_BLOBS = 64
 BATCH_BYTES = 1 << 20
@@ -100,8 +103,9 @@ class PackWriter:
     uploaded packs."""
 
     def __init__(self, repo: Repository, index: Index, workers: int = 2,
-                 upload_workers: int = 3, max_pending_batches: int = 8,
-                 on_upload: Callable[[int], None] | None = None) -> None:
+                 upload_workers: int = 1, max_pending_batches: int = 8,
+                 on_upload: Callable[[int], None] | None = None,
+                 tmpdir: str | None = None) -> None:
         self.repo = repo
         self.index = index
         self.stats = WriteStats()
@@ -114,16 +118,19 @@ class PackWriter:
         self._sealing: deque[Future[list[tuple[list[BlobEntry], bytes]]]] = deque()
         self._uploads: deque[Future[PackRecord]] = deque()
         self._max_pending = max_pending_batches
-        self._max_uploads = upload_workers + 1
-        self._blobs: list[bytes] = []
+        # every pack in flight holds its body (16 MiB) and the S3 client's copies of its parts:
+        # one upload at a time (itself in parallel parts) keeps up while the next pack fills
+        self._max_uploads = upload_workers
+        self._tmpdir = tmpdir
+        self._spool: IO[bytes] | None = None  # the pack being filled
         self._entries: list[BlobEntry] = []
         self._size = 0
         self._in_run: set[bytes] = set()
-        self._uploaded: list[PackRecord] = []
+        self._uploaded: list[bytes] = []  # ids of uploaded packs no index object lists yet
         self._on_upload = on_upload
         self.index_ids: list[bytes] = []
         # packs found without an index (an earlier run was interrupted): list them in ours
-        self._uploaded.extend(index.unindexed)
+        self._uploaded.extend(record.pack_id for record in index.unindexed)
         index.unindexed = []
 
     def knows(self, blob_id: bytes) -> bool:
@@ -185,26 +192,49 @@ class PackWriter:
             for e in entries:
                 self._entries.append(BlobEntry(e.chunk_id, self._size, e.length, e.raw_offset,
                                                e.raw_len, e.flags))
-            self._blobs.append(sealed)
+            self._append(sealed)
             self._size += len(sealed)
             if self._size >= self.repo.pack_size:
                 self._finish_pack()
+
+    def _append(self, data: bytes) -> None:
+        """Add to the pack being filled. It fills in a temporary file, not in memory: a pack
+        takes a while to fill, and holding it would add its whole size to the run's memory
+        next to the pack being uploaded."""
+        try:
+            if self._spool is None:
+                self._spool = tempfile.TemporaryFile(  # noqa: SIM115 - closed by _upload/close
+                    prefix="sellerbak-pack-", dir=self._tmpdir)
+            self._spool.write(data)
+        except OSError as exc:
+            raise disk_error(f"a temporary pack file in {self._tmpdir or tempfile.gettempdir()}",
+                             exc) from None
 
     def _finish_pack(self) -> None:
         if not self._entries:
             return
         pack_id = os.urandom(32)
         header = self.repo.seal(Kind.PACK_HEADER, pack_id, encode_pack_header(self._entries))
-        self._blobs.append(header)
-        self._blobs.append(encode_trailer(len(header)))
+        self._append(header)
+        self._append(encode_trailer(len(header)))
         record = PackRecord(pack_id, self._size + len(header) + 8, tuple(self._entries))
-        body = b"".join(self._blobs)
-        self._blobs, self._entries, self._size = [], [], 0
+        spool, self._spool = self._spool, None
+        assert spool is not None
+        self._entries, self._size = [], 0
         while len(self._uploads) >= self._max_uploads:
             self._finish_upload()
-        self._uploads.append(self._upload_pool.submit(self._upload, record, body))
+        self._uploads.append(self._upload_pool.submit(self._upload, record, spool))
 
-    def _upload(self, record: PackRecord, body: bytes) -> PackRecord:
+    def _upload(self, record: PackRecord, spool: IO[bytes]) -> PackRecord:
+        with spool:
+            spool.seek(0)
+            try:
+                body = spool.read()
+            except OSError as exc:
+                raise disk_error("a temporary pack file", exc) from None
+        if len(body) != record.size:
+            raise SellerbakError(f"a temporary pack file holds {len(body)} bytes, not "
+                                 f"{record.size}")
         self.repo.store.put(pack_name(record.pack_id), body)
         return record
 
@@ -212,7 +242,12 @@ class PackWriter:
         record = self._uploads.popleft().result()
         self.stats.packs += 1
         self.stats.bytes_stored += record.size
-        self._uploaded.append(record)
+        # known through the in-memory index from now on (compact rows instead of a set of ids
+        # and a record per blob); the index object listing it follows within a few packs
+        self.index.add_pack(record)
+        for e in record.blobs:
+            self._in_run.discard(e.chunk_id)
+        self._uploaded.append(record.pack_id)
         if self._on_upload:
             self._on_upload(record.size)
         if len(self._uploaded) >= INDEX_EVERY_PACKS:
@@ -220,11 +255,9 @@ class PackWriter:
 
     def _write_index(self) -> None:
         if self._uploaded:
-            self.index_ids.append(write_index(self.repo, self._uploaded))
-            for record in self._uploaded:
-                self.index.add_pack(record)
-                for e in record.blobs:  # now known through the index
-                    self._in_run.discard(e.chunk_id)
+            # the index's own views of the packs: entries are built one by one while encoded
+            packs = [self.index.packs[pid].record_view() for pid in self._uploaded]
+            self.index_ids.append(write_index(self.repo, packs))
             self._uploaded = []
 
     def flush(self) -> None:
@@ -243,193 +276,321 @@ class PackWriter:
     def close(self) -> None:
         self._seal_pool.shutdown(wait=True, cancel_futures=True)
         self._upload_pool.shutdown(wait=True, cancel_futures=True)
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+class _Gate:
+    """What a wanted blob waits for before it is handed out: a task that verifies it (and, for
+    the first blobs of a group, fetches and opens the group)."""
+
+    __slots__ = ("future", "ready")
+
+    def __init__(self) -> None:
+        self.future: Future[None] | None = None
+        self.ready = False  # set by the task when its blobs are verified
+
+
+class _Held(_Gate):
+    """One group a read needs: its sealed place, the blobs to verify when it is opened, and,
+    once fetched, its plaintext. Dropped when the last blob that needs it has been handed
+    out."""
+
+    __slots__ = ("group", "offset", "length", "flags", "users", "check", "plain", "lines")
+
+    def __init__(self, group: int, offset: int, length: int, flags: int) -> None:
+        super().__init__()
+        self.group = group
+        self.offset = offset
+        self.length = length
+        self.flags = flags
+        self.users = 0
+        #: (blob id, start, end in the plaintext) of the blobs verified when it is opened
+        self.check: list[tuple[bytes, int, int]] = []
+        self.plain = b""
+        #: per verified chunk (by its start), its lines: counted by the verifying task, so
+        #: that the thread handing chunks out does not have to
+        self.lines: dict[int, int] = {}
+
+
+#: one wanted blob: its group, where it is in the group's plaintext, and what to wait for
+_Want = tuple[_Held, int, int, _Gate]
 
 
 class ChunkReader:
-    """Yields the plaintext of blobs in the given order, verified, with read-ahead."""
+    """Yields the plaintext of blobs in the given order, verified, with read-ahead.
 
-    #: a request covers at most this many bytes of *plaintext* (data compresses 5-10x, so
-    #: bounding compressed bytes alone would let decompressed read-ahead balloon)
-    MAX_REQUEST_RAW = 4 * 1024 * 1024
-    MAX_REQUEST = 4 * 1024 * 1024
-    MAX_GAP = 256 * 1024
-    #: recently opened groups (up to 128 KiB of plaintext each): a snapshot whose chunks
-    #: alternate between older and newer packs comes back to the same group again and again
-    CACHE_GROUPS = 48
-    READ_THROUGH = 1024 * 1024
-    SEALED_CACHE_GROUPS = 256
+    Reads are planned a window at a time rather than blob by blob: the ids ahead are looked
+    up until their groups add up to WINDOW_RAW bytes of plaintext, the groups are sorted by
+    pack and offset, neighbours (up to MAX_GAP apart) are merged into range requests of at
+    most MAX_RANGE bytes, and the requests run on `workers` threads. Object storage answers
+    each request after a fixed latency (milliseconds), so what counts is the number of
+    requests and how many are in flight; a snapshot whose chunks alternate between the packs
+    of several nights costs a few requests per window instead of one per pack switch.
 
-    def __init__(self, repo: Repository, index: Index, workers: int = 4,
-                 read_ahead: int = 6) -> None:
+    Memory stays bounded whatever the dataset's size: at most WINDOWS windows are planned
+    ahead of the consumer, a group's plaintext is held only until its last wanted blob has
+    been handed out, and a group wanted again by a later window is shared, not fetched twice.
+    """
+
+    #: plaintext of the groups a window newly needs (data compresses 5-10x, so bounding
+    #: sealed bytes alone would let decompressed read-ahead balloon)
+    WINDOW_RAW = 8 * 1024 * 1024
+    #: blobs per window at most (tiny blobs would otherwise make the plan itself large)
+    WINDOW_BLOBS = 4096
+    #: windows planned ahead of the consumer
+    WINDOWS = 4
+    #: sealed bytes of unwanted groups read through rather than starting another request
+    MAX_GAP = 1024 * 1024
+    MAX_RANGE = 4 * 1024 * 1024
+
+    def __init__(self, repo: Repository, index: Index, workers: int = 8) -> None:
         self.repo = repo
         self.index = index
         self.workers = workers
-        self.read_ahead = read_ahead
         self._dicts: dict[int, list[zstandard.ZstdCompressionDict]] = {}
         self._dict_blobs: set[bytes] = set()
-        self._dicts_scanned = -1
+        self._dict_rows_scanned = 0
         self._dict_lock = threading.RLock()
-        self._layout_lock = threading.Lock()
-        self._layouts: dict[bytes, dict[int, tuple[bytes, int, int]]] = {}
         self._sizes: dict[bytes, int] | None = None
-        self._cache: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._sealed_cache: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
-        self._spans: dict[bytes, list[tuple[int, int]]] = {}
+        self._sizes_checked: set[bytes] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
-    def _plan(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[bytes, list[BlobEntry]]]:
-        """Group consecutive blobs stored near each other in one pack into one request."""
-        group: list[BlobEntry] = []
-        group_pack: bytes | None = None
+    def _shared_pool(self) -> ThreadPoolExecutor:
+        """Reads share one pool (a restore reads two streams per dataset, and starting
+        threads for each costs). Loading a dictionary does not: it happens while a group is
+        opened, in a thread of that pool, and must not wait on tasks queued behind it."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="read")
+            return self._pool
+
+    # ----- reading ------------------------------------------------------------------------
+
+    def read(self, blob_ids: Iterable[bytes], btype: int = TYPE_CHUNK) -> Iterator[bytes]:
+        """The blobs' plaintexts in order; each must be of type `btype` (a reference to a
+        chunk can never be answered with a ref-list or a dictionary, whatever the index says)."""
+        for _n, plain, _lines in self._read(blob_ids, btype, runs=False, own_pool=False):
+            yield plain
+
+    def read_runs(self, blob_ids: Iterable[bytes]) -> Iterator[tuple[int, bytes, int]]:
+        """Like read() for chunks, but chunks that follow each other in one group's plaintext
+        come back together: (how many chunks, their plaintexts joined, how many lines they
+        hold). A dataset's chunks are stored in order, so this hands out a group at a time
+        instead of a chunk at a time, which is what a restore's own thread would otherwise
+        spend most of its time on."""
+        return self._read(blob_ids, TYPE_CHUNK, runs=True, own_pool=False)
+
+    def _read(self, blob_ids: Iterable[bytes], btype: int, runs: bool, own_pool: bool
+              ) -> Iterator[tuple[int, bytes, int]]:
+        ids = iter(blob_ids)
+        held: dict[int, _Held] = {}
+        windows: deque[list[_Want]] = deque()
+        tasks: list[Future[None]] = []
+        pool = (ThreadPoolExecutor(self.workers, thread_name_prefix="read-own") if own_pool
+                else self._shared_pool())
+        try:
+            more = True
+            while True:
+                while more and len(windows) < self.WINDOWS:
+                    tasks = [t for t in tasks if not t.done()]
+                    window, more = self._plan_window(ids, btype, held, pool, tasks)
+                    if window:
+                        windows.append(window)
+                if not windows:
+                    return
+                run: _Held | None = None
+                run_start = run_end = count = lines = 0
+                for h, start, end, gate in windows.popleft():
+                    if not gate.ready:
+                        assert gate.future is not None
+                        gate.future.result()  # raises what went wrong in the task
+                    if not runs:
+                        yield 1, h.plain[start:end], 0
+                    elif h is run and start == run_end:
+                        run_end = end
+                        count += 1
+                        lines += h.lines[start]
+                    else:
+                        if run is not None:
+                            yield count, run.plain[run_start:run_end], lines
+                        run, run_start, run_end, count, lines = h, start, end, 1, h.lines[start]
+                    h.users -= 1
+                    if not h.users:
+                        del held[h.group]
+                if run is not None:
+                    yield count, run.plain[run_start:run_end], lines
+        finally:
+            # a read given up half way (an error, or the caller stopped) leaves no task behind
+            for task in tasks:
+                task.cancel()
+            wait(tasks)
+            if own_pool:
+                pool.shutdown()
+
+    def _plan_window(self, ids: Iterator[bytes], btype: int, held: dict[int, _Held],
+                     pool: ThreadPoolExecutor, tasks: list[Future[None]]
+                     ) -> tuple[list[_Want], bool]:
+        """Look up the next window of blobs and start fetching the groups it newly needs;
+        returns the window and whether ids may remain."""
+        index = self.index
+        row_of, fields = index.row, index.fields
+        window: list[_Want] = []
+        new: list[_Held] = []
+        #: blobs of groups already fetched for an earlier window, verified by a task of their own
+        late: dict[int, tuple[_Gate, list[tuple[bytes, int, int]]]] = {}
         raw = 0
-        for cid in blob_ids:
-            loc = self.index.locate(cid)
-            e = loc.entry
-            if group and loc.pack_id == group_pack:
-                last = group[-1]
-                end = last.offset + last.length
-                same_group = e.offset == last.offset
-                gap_ok = same_group or (e.offset >= end and e.offset - end <= self.MAX_GAP)
-                if (gap_ok and e.offset + e.length - group[0].offset <= self.MAX_REQUEST
-                        and raw + e.raw_len <= self.MAX_REQUEST_RAW) or same_group:
-                    group.append(e)
-                    raw += e.raw_len
-                    continue
-            if group:
-                assert group_pack is not None
-                yield group_pack, group
-            group, group_pack, raw = [e], loc.pack_id, e.raw_len
-        if group:
-            assert group_pack is not None
-            yield group_pack, group
+        more = False
+        for blob_id in ids:
+            row = row_of(blob_id)
+            if row < 0:
+                raise IntegrityError(
+                    f"chunk {blob_id.hex()[:16]} is referenced but no index lists it")
+            group, length, raw_offset, raw_len, flags = fields(row)
+            if (flags >> TYPE_SHIFT) & 0x03 != btype:
+                raise IntegrityError(f"blob {blob_id.hex()[:16]} is not of the type its "
+                                     "reference expects")
+            h = held.get(group)
+            if h is None:
+                self._check_size(index.pack_id_of(group))
+                h = held[group] = _Held(group, index.group_offset[group], length, flags)
+                new.append(h)
+                raw += index.group_size[group]
+            end = raw_offset + raw_len
+            gate: _Gate
+            if h.future is None:  # verified by the task that opens the group
+                h.check.append((blob_id, raw_offset, end))
+                gate = h
+            else:
+                gate, checks = late.get(group) or late.setdefault(group, (_Gate(), []))
+                checks.append((blob_id, raw_offset, end))
+            h.users += 1
+            window.append((h, raw_offset, end, gate))
+            if raw >= self.WINDOW_RAW or len(window) >= self.WINDOW_BLOBS:
+                more = True
+                break
+        for pack, run in self._ranges(new):
+            future = pool.submit(self._fetch_range, pack, run)
+            tasks.append(future)
+            for h in run:
+                h.future = future
+        # queued after the fetches of the groups they need, so they never wait on a task that
+        # no thread will run
+        for group, (gate, checks) in late.items():
+            gate.future = pool.submit(self._verify_late, held[group], gate, checks)
+            tasks.append(gate.future)
+        return window, more
+
+    def _ranges(self, groups: list[_Held]) -> Iterator[tuple[bytes, list[_Held]]]:
+        """Groups of one pack sorted by offset, cut into runs that one request can cover."""
+        index = self.index
+        groups.sort(key=lambda h: (index.group_pack[h.group], h.offset))
+        run: list[_Held] = []
+        start = end = 0
+        pack = -1
+        for h in groups:
+            h_pack = index.group_pack[h.group]
+            h_end = h.offset + h.length
+            if (run and h_pack == pack and h.offset - end <= self.MAX_GAP
+                    and max(end, h_end) - start <= self.MAX_RANGE):
+                run.append(h)
+                end = max(end, h_end)
+                continue
+            if run:
+                yield index.pack_id_of(run[0].group), run
+            run, pack, start, end = [h], h_pack, h.offset, h_end
+        if run:
+            yield index.pack_id_of(run[0].group), run
+
+    def _fetch_range(self, pack_id: bytes, run: list[_Held]) -> None:
+        """One range request for a run of groups; opens each group and verifies the blobs
+        planned so far (in this thread: decompression runs in parallel)."""
+        name = pack_name(pack_id)
+        start = run[0].offset
+        end = max(h.offset + h.length for h in run)
+        data = self.repo.store.get_range(name, start, end - start)
+        if len(data) != end - start:
+            raise IntegrityError(f"{name}: pack is truncated")
+        for h in run:
+            h.plain = self._open(name, h.group, h.flags,
+                                 data[h.offset - start: h.offset - start + h.length])
+            for blob_id, raw_start, raw_end in h.check:
+                self._verify(h, blob_id, raw_start, raw_end)
+            h.check = []
+            h.ready = True
+
+    def _verify_late(self, h: _Held, gate: _Gate,
+                     checks: list[tuple[bytes, int, int]]) -> None:
+        assert h.future is not None
+        h.future.result()
+        for blob_id, start, end in checks:
+            self._verify(h, blob_id, start, end)
+        gate.ready = True
+
+    def _verify(self, h: _Held, blob_id: bytes, start: int, end: int) -> None:
+        plain = memoryview(h.plain)[start:end]
+        btype = blob_type(h.flags)
+        if len(plain) != end - start or self.repo.blob_id(btype, plain) != blob_id:
+            name = pack_name(self.index.pack_id_of(h.group))
+            raise IntegrityError(f"{name} blob {blob_id.hex()[:16]}: content does not match "
+                                 "its id")
+        if btype == TYPE_CHUNK:
+            h.lines[start] = h.plain.count(b"\n", start, end)
+
+    # ----- packs and groups -----------------------------------------------------------------
 
     def expect_sizes(self, sizes: dict[bytes, int]) -> None:
         """Check each pack against this listing (name -> size) before reading from it."""
         self._sizes = sizes
+        self._sizes_checked = set()
 
-    def _check_size(self, pack_id: bytes, name: str) -> None:
-        if self._sizes is None:
+    def _check_size(self, pack_id: bytes) -> None:
+        if self._sizes is None or pack_id in self._sizes_checked:
             return
+        name = pack_name(pack_id)
         stored = self._sizes.get(pack_id)
         if stored is None:
             raise IntegrityError(f"{name} is missing from the repository")
         if stored != self.index.packs[pack_id].size:
             raise IntegrityError(f"{name} has size {stored}, the index says "
                                  f"{self.index.packs[pack_id].size} (truncated or replaced)")
+        self._sizes_checked.add(pack_id)
 
-    def _fetch(self, pack_id: bytes, entries: list[BlobEntry]) -> list[memoryview]:
-        name = pack_name(pack_id)
-        self._check_size(pack_id, name)
-        groups: dict[int, bytes] = {}
-        missing: list[BlobEntry] = []
-        with self._cache_lock:
-            for e in entries:
-                if e.offset in groups:
-                    continue
-                cached = self._cache.get((pack_id, e.offset))
-                if cached is not None:
-                    self._cache.move_to_end((pack_id, e.offset))
-                    groups[e.offset] = cached
-                elif not missing or missing[-1].offset != e.offset:
-                    missing.append(e)
-        if missing:
-            sealed = self._sealed_groups(pack_id, name, missing)
-            for e in missing:
-                if e.offset not in groups:
-                    groups[e.offset] = self.open_group(name, pack_id, e, sealed[e.offset])
-            with self._cache_lock:
-                for e in missing:
-                    self._cache[(pack_id, e.offset)] = groups[e.offset]
-                while len(self._cache) > self.CACHE_GROUPS:
-                    self._cache.popitem(last=False)
-        return [self.check_blob(name, e, groups[e.offset]) for e in entries]
-
-    def _sealed_groups(self, pack_id: bytes, name: str, missing: list[BlobEntry]
-                       ) -> dict[int, bytes]:
-        """The sealed bytes of the groups in `missing`, from the cache or one range read. The
-        read goes on through the pack's next groups (up to READ_THROUGH bytes): a snapshot
-        whose chunks alternate between packs needs them next, and without this every group
-        would cost a request of its own."""
-        out: dict[int, bytes] = {}
-        with self._cache_lock:
-            for e in missing:
-                hit = self._sealed_cache.pop((pack_id, e.offset), None)
-                if hit is not None:
-                    out[e.offset] = hit
-        need = [e for e in missing if e.offset not in out]
-        if not need:
-            return out
-        start = min(e.offset for e in need)
-        end = max(e.offset + e.length for e in need)
-        spans = self.group_spans(pack_id)
-        i = bisect.bisect_right(spans, (end, -1))
-        while i < len(spans) and spans[i][0] == end and end - start < self.READ_THROUGH:
-            end += spans[i][1]
-            i += 1
-        data = self.repo.store.get_range(name, start, end - start)
-        if len(data) != end - start:
-            raise IntegrityError(f"{name}: pack is truncated")
-        wanted = {e.offset for e in need}
-        extra: list[tuple[int, bytes]] = []
-        for offset, length in spans[bisect.bisect_left(spans, (start, -1)):]:
-            if offset + length > end:
-                break
-            piece = data[offset - start: offset - start + length]
-            if offset in wanted:
-                out[offset] = piece
-            else:
-                extra.append((offset, piece))
-        for e in need:  # a group the layout does not list would be a damaged index
-            if e.offset not in out:
-                out[e.offset] = data[e.offset - start: e.offset - start + e.length]
-        with self._cache_lock:
-            for offset, piece in extra:
-                self._sealed_cache[(pack_id, offset)] = piece
-            while len(self._sealed_cache) > self.SEALED_CACHE_GROUPS:
-                self._sealed_cache.popitem(last=False)
-        return out
-
-    def group_spans(self, pack_id: bytes) -> list[tuple[int, int]]:
-        """(offset, sealed length) of every group in a pack, in pack order."""
-        with self._layout_lock:
-            spans = self._spans.get(pack_id)
-            if spans is None:
-                spans = sorted({(e.offset, e.length) for e in self.index.packs[pack_id].blobs})
-                self._spans[pack_id] = spans
-            return spans
-
-    def group_layout(self, pack_id: bytes) -> dict[int, tuple[bytes, int, int]]:
-        """Per group offset in a pack: the id of its first blob (the group's sealing id), the
-        size of its plaintext, and the first blob's length."""
-        with self._layout_lock:
-            layout = self._layouts.get(pack_id)
-            if layout is None:
-                layout = {}
-                for e in self.index.packs[pack_id].blobs:
-                    first, size, first_len = layout.get(e.offset, (b"", 0, 0))
-                    if e.raw_offset == 0:
-                        first, first_len = e.chunk_id, e.raw_len
-                    layout[e.offset] = (first, max(size, e.raw_offset + e.raw_len), first_len)
-                self._layouts[pack_id] = layout
-            return layout
+    def _group_at(self, pack_id: bytes, offset: int) -> int:
+        """The group of a pack at `offset`, or -1."""
+        info = self.index.packs.get(pack_id)
+        if info is None:
+            return -1
+        lo, hi = info.first_group, info.first_group + info.groups
+        g = bisect.bisect_left(self.index.group_offset, offset, lo, hi)
+        return g if g < hi and self.index.group_offset[g] == offset else -1
 
     def open_group(self, name: str, pack_id: bytes, e: BlobEntry, sealed: bytes) -> bytes:
-        """Authenticate and decompress one sealed group."""
-        what = f"{name} group at {e.offset}"
-        btype = blob_type(e.flags)
-        if btype not in KIND_OF_TYPE or e.flags & ~KNOWN_FLAGS:
+        """Authenticate and decompress one sealed group (the one at `e.offset`)."""
+        return self._open(name, self._group_at(pack_id, e.offset), e.flags, sealed,
+                          e.offset)
+
+    def _open(self, name: str, group: int, flags: int, sealed: bytes,
+              offset: int | None = None) -> bytes:
+        index = self.index
+        what = f"{name} group at {index.group_offset[group] if offset is None else offset}"
+        btype = blob_type(flags)
+        if btype not in KIND_OF_TYPE or flags & ~KNOWN_FLAGS:
             raise IntegrityError(f"{what}: unknown blob type or flags")
-        layout = self.group_layout(pack_id).get(e.offset, (b"", 0, 0))
-        first, size, _first_len = layout
-        if not first:
+        first = index.group_first[group] if group >= 0 else -1
+        if first < 0:
             raise IntegrityError(f"{what}: the index lists no first blob for it")
-        body = self.repo.open_sealed(KIND_OF_TYPE[btype], first, sealed, what)
-        comp = e.flags & COMP_MASK
+        first_id, size = index.blob_id(first), index.group_size[group]
+        body = self.repo.open_sealed(KIND_OF_TYPE[btype], first_id, sealed, what)
+        comp = flags & COMP_MASK
         try:
             if comp == COMP_ZSTD:
-                plain = _decompressor(None).decompress(body, max_output_size=size)
+                plain = _decompress(_decompressor(None), body, size, what)
             elif comp == COMP_ZSTD_DICT:
-                plain = self._decompress_with_dictionary(body, layout, btype, what)
+                plain = self._decompress_with_dictionary(
+                    body, (first_id, size, index.fields(first)[3]), btype, what)
             elif comp == COMP_NONE:
                 plain = body
             else:
@@ -449,22 +610,26 @@ class ChunkReader:
                                  "its id")
         return plain
 
+    # ----- dictionaries -------------------------------------------------------------------
+
     def _load_dictionaries(self) -> None:
         """Load the dictionary blobs the index lists that are not loaded yet (the index grows
         while a snapshot runs). One that cannot be read is skipped: only groups that need it
         will fail, with a clear error."""
         with self._dict_lock:
-            if len(self.index.chunks) == self._dicts_scanned:
+            rows = self.index.dict_rows
+            if len(rows) == self._dict_rows_scanned:
                 return  # nothing new since the last scan: a missing dictionary stays missing
-            self._dicts_scanned = len(self.index.chunks)
-            for cid, loc in list(self.index.chunks.items()):
-                e = loc.entry
-                if (blob_type(e.flags) != TYPE_DICT or e.raw_len > MAX_DICT_BYTES
+            start, self._dict_rows_scanned = self._dict_rows_scanned, len(rows)
+            for row in rows[start:]:
+                cid = self.index.blob_id(row)
+                if (self.index.row(cid) != row or self.index.fields(row)[3] > MAX_DICT_BYTES
                         or cid in self._dict_blobs):
-                    continue
+                    continue  # another copy of it is the one read
                 self._dict_blobs.add(cid)
                 try:
-                    (raw,) = list(self.read([cid], TYPE_DICT))
+                    ((_n, raw, _lines),) = list(self._read([cid], TYPE_DICT, runs=False,
+                                                           own_pool=True))
                     zdict = load_dictionary(raw)
                 except (IntegrityError, zstandard.ZstdError, ValueError):
                     continue
@@ -489,36 +654,32 @@ class ChunkReader:
             raise IntegrityError(f"{what}: its compression dictionary is missing")
         for zdict in candidates:
             try:
-                plain = _decompressor(zdict).decompress(body, max_output_size=size)
+                plain = _decompress(_decompressor(zdict), body, size, what)
             except zstandard.ZstdError:
                 continue
             if len(plain) == size and self.repo.blob_id(btype, plain[:first_len]) == first_id:
                 return plain
         raise IntegrityError(f"{what} does not decompress to its blobs")
 
-    def read(self, blob_ids: Iterable[bytes], btype: int = TYPE_CHUNK) -> Iterator[bytes]:
-        """The blobs' plaintexts in order; each must be of type `btype` (a reference to a
-        chunk can never be answered with a ref-list or a dictionary, whatever the index says)."""
-        pending: deque[Future[list[memoryview]]] = deque()
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="read") as pool:
-            try:
-                for pack_id, entries in self._plan(blob_ids):
-                    for e in entries:
-                        if blob_type(e.flags) != btype:
-                            raise IntegrityError(f"blob {e.chunk_id.hex()[:16]} is not of the "
-                                                 "type its reference expects")
-                    pending.append(pool.submit(self._fetch, pack_id, entries))
-                    while len(pending) > self.read_ahead:
-                        # copied out of the group only when taken: read-ahead holds each
-                        # group's plaintext once, not twice
-                        for view in pending.popleft().result():
-                            yield view.tobytes()
-                while pending:
-                    for view in pending.popleft().result():
-                        yield view.tobytes()
-            finally:
-                for fut in pending:
-                    fut.cancel()
+
+def _decompress(dctx: zstandard.ZstdDecompressor, body: bytes, size: int, what: str) -> bytes:
+    """Decompress one frame into at most `size` bytes, allocating no more than it really
+    produces. The one-shot decompressor allocates what the frame header declares (ignoring
+    max_output_size then), or max_output_size when the header declares nothing, so neither a
+    damaged header nor a damaged listing may decide the allocation: a frame must declare the
+    group's size (as sellerbak writes them), or is decompressed piecewise."""
+    declared = zstandard.get_frame_parameters(body).content_size
+    if declared == size:
+        return dctx.decompress(body, max_output_size=size)
+    if declared != zstandard.CONTENTSIZE_UNKNOWN:
+        raise IntegrityError(f"{what}: plaintext has the wrong size")
+    out = bytearray()
+    reader = dctx.stream_reader(body, read_across_frames=False)
+    while part := reader.read(min(1 << 20, size + 1 - len(out))):
+        out += part
+        if len(out) > size:
+            raise IntegrityError(f"{what}: plaintext has the wrong size")
+    return bytes(out)
 
 
 def _decompressor(zdict: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdDecompressor:

@@ -47,7 +47,13 @@ from sellerbak.repository.format import (
 from sellerbak.repository.index import Index, read_pack_record, write_index
 from sellerbak.repository.manifest import load_manifests
 from sellerbak.repository.packs import ChunkReader, PackWriter
-from sellerbak.repository.repo import Repository, index_name, pack_name, parse_hex_id
+from sellerbak.repository.repo import (
+    Repository,
+    index_name,
+    pack_name,
+    parse_hex_id,
+    snapshot_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,8 @@ class PruneReport:
     partial_uploads_removed: int = 0
     #: objects whose Object Lock retention has not ended yet (left for a later prune)
     retained: int = 0
+    #: live objects whose Object Lock retention was renewed
+    retention_extended: int = 0
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -96,7 +104,8 @@ class PruneReport:
                 "indexes_deleted": self.indexes_deleted,
                 "indexes_written": self.indexes_written,
                 "partial_uploads_removed": self.partial_uploads_removed,
-                "retained": self.retained, "warnings": self.warnings}
+                "retained": self.retained, "retention_extended": self.retention_extended,
+                "warnings": self.warnings}
 
     def summary_line(self) -> str:
         from sellerbak.records import human_bytes
@@ -154,11 +163,19 @@ def prune_repository(repo: Repository, *, dry_run: bool = False,
     index = Index()
     for record in records.values():
         index.add_pack(record)
-    used = _used_blobs(repo, index, report, ignore)
+    used, snapshot_ids = _used_blobs(repo, index, report, ignore)
     plan = _plan(records, used, max_unused, report)
     plan.index_ids = index_ids
     settled = (not plan.delete and not plan.repack and not report.unindexed_packs
                and len(index_ids) <= 1)
+    if not dry_run and getattr(repo.store, "object_lock", None) is not None:
+        # under Object Lock the live set stays protected only while its retention is renewed:
+        # every object a kept snapshot needs (new packs and indexes get it when written)
+        live = (["config"] + [i.name for i in repo.store.list("keys/")]
+                + [snapshot_name(sid) for sid in snapshot_ids]
+                + [pack_name(pid) for pid in plan.keep]
+                + ([index_name(iid) for iid in index_ids] if settled else []))
+        report.retention_extended = repo.store.extend_retention(live)
     if dry_run or settled:  # settled: nothing to free, and the index is one object already
         return report
 
@@ -229,7 +246,8 @@ def _load_packs(repo: Repository, report: PruneReport
 
 
 def _used_blobs(repo: Repository, index: Index, report: PruneReport,
-                ignore: set[bytes] | frozenset[bytes]) -> set[bytes]:
+                ignore: set[bytes] | frozenset[bytes]) -> tuple[set[bytes], list[bytes]]:
+    """The ids of every blob a snapshot needs, and the ids of those snapshots."""
     problems: list[str] = []
     manifests = [m for m in load_manifests(repo, problems) if m.id not in ignore]
     if problems:
@@ -260,7 +278,7 @@ def _used_blobs(repo: Repository, index: Index, report: PruneReport,
         raise IntegrityError(f"refusing to prune: a snapshot needs chunk {absent[0].hex()[:16]}"
                              ", which no pack holds; run 'sellerbak check'")
     report.blobs_used = len(used)
-    return used
+    return used, [m.id for m in manifests]
 
 
 def _plan(records: dict[bytes, PackRecord], used: set[bytes], max_unused: float,
@@ -269,22 +287,22 @@ def _plan(records: dict[bytes, PackRecord], used: set[bytes], max_unused: float,
     placed: set[bytes] = set()  # a blob stored twice is needed from one place only
     for pid in sorted(records):
         record = records[pid]
-        needed_groups: dict[int, int] = {}
         needed_blobs: dict[bytes, int] = {}
-        # the header is left out: a small pack's header is a large share of it, not waste
-        data_bytes = sum({e.offset: e.length for e in record.blobs}.values())
+        # measured in blob bytes, not group bytes: a group is kept whole, but repacking
+        # copies only its needed blobs, so a group with one needed chunk of sixteen is waste
+        total_raw = sum(e.raw_len for e in record.blobs) or 1
+        needed_raw = 0
         for e in record.blobs:
             btype = blob_type(e.flags)
             if (e.chunk_id in used or btype == TYPE_DICT) and e.chunk_id not in placed:
-                needed_groups[e.offset] = e.length
                 needed_blobs[e.chunk_id] = btype
+                needed_raw += e.raw_len
         placed.update(needed_blobs)
-        needed_bytes = sum(needed_groups.values())
         if not needed_blobs:
             plan.delete[pid] = record.size
             report.packs_deleted += 1
             report.bytes_deleted += record.size
-        elif 1 - needed_bytes / data_bytes > max_unused:
+        elif 1 - needed_raw / total_raw > max_unused:
             plan.repack[pid] = record
             plan.copy.update(needed_blobs)
             report.packs_repacked += 1

@@ -132,7 +132,7 @@ class Repository:
                 raise ValueError
             target, cmax = int(config["chunker"]["target"]), int(config["chunker"]["max"])
             pack_size = int(config["pack_size"])
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             raise FormatError("repository config does not parse") from None
         if not (1024 <= target <= cmax <= 16 << 20 and 1 << 20 <= pack_size <= 1 << 30):
             raise FormatError("repository config has out-of-range chunker or pack sizes")

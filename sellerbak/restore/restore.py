@@ -22,12 +22,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sellerbak.errors import IntegrityError, SellerbakError, UsageError
-from sellerbak.records import parse_json
+from sellerbak.localfiles import disk_error, private_dirs
+from sellerbak.records import parse_line
 from sellerbak.repository.check import pack_sizes
-from sellerbak.repository.datasets import iter_chunks
+from sellerbak.repository.datasets import iter_chunk_runs, iter_chunks
 from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import DatasetEntry, Manifest
 from sellerbak.repository.packs import ChunkReader
@@ -73,8 +74,11 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
     reader.expect_sizes(pack_sizes(repo))
     # all or nothing: every dataset is written and verified in a staging folder inside the
     # target, and only then moved to its final name
-    _mkdirs(target)
-    staging = Path(tempfile.mkdtemp(prefix=".sellerbak-restore-", dir=target))
+    try:
+        _mkdirs(target)
+        staging = Path(tempfile.mkdtemp(prefix=".sellerbak-restore-", dir=target))
+    except OSError as exc:
+        raise disk_error(str(target), exc) from None
     try:
         staged = [restore_dataset(reader, manifest.datasets[name],
                                   dataset_path(staging, name, fmt), fmt, on_records)
@@ -87,6 +91,8 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
             out.append(RestoredDataset(done.name, final, done.records, done.bytes,
                                        done.sha256))
         return out
+    except OSError as exc:  # moving into place: a full disk (a directory) or permissions
+        raise disk_error(str(target), exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -98,24 +104,21 @@ def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: s
     hasher = hashlib.sha256()
     records = 0
     try:
-        with _open_new(tmp) as fh, _BackgroundWriter(fh if fmt == "jsonl" else None) as out:
+        with (_open_new(tmp) as fh,
+              _BackgroundWriter(fh if fmt == "jsonl" else None, hasher) as out):
             pieces: list[bytes] = []
             size = reported = 0
-            for ref, plain in iter_chunks(reader, entry):
+            for run_records, plain in iter_chunk_runs(reader, entry):
                 pieces.append(plain)
                 size += len(plain)
-                records += ref.records
+                records += run_records
                 if size >= _WRITE_BATCH:  # hash and hand over in large pieces: per-call
-                    block = b"".join(pieces)  # costs dominate at chunk size
-                    hasher.update(block)
-                    out.write(block)
+                    out.write(b"".join(pieces))  # costs dominate at chunk size
                     pieces, size = [], 0
                     if on_records:
                         on_records(records - reported)
                         reported = records
-            block = b"".join(pieces)
-            hasher.update(block)
-            out.write(block)
+            out.write(b"".join(pieces))
             out.finish()
             if records != entry.records or hasher.hexdigest() != entry.sha256:
                 raise IntegrityError(f"dataset {entry.name}: restored data does not match the "
@@ -137,35 +140,34 @@ def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: s
 
 
 class _BackgroundWriter:
-    """Writes to a file in a thread of its own, so disk writes overlap hashing and reading
-    (both release the GIL). A write error surfaces at the next write or at finish()."""
+    """Hashes and writes (to a file, if given) in a thread of its own, so both (they release
+    the GIL) overlap reading, which is what the restore's own thread spends its time on. A
+    write error surfaces at the next write or at finish()."""
 
-    def __init__(self, fh: BinaryIO | None, depth: int = 4) -> None:
+    def __init__(self, fh: BinaryIO | None, hasher: Any, depth: int = 4) -> None:
         self._fh = fh
+        self._hasher = hasher
         self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="restore-write")
-        if fh is not None:
-            self._thread.start()
+        self._thread.start()
 
     def _run(self) -> None:
-        assert self._fh is not None
         while (data := self._queue.get()) is not None:
-            if self._error is None:
+            self._hasher.update(data)
+            if self._error is None and self._fh is not None:
                 try:
                     self._fh.write(data)
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                     self._error = exc
 
     def write(self, data: bytes) -> None:
-        if self._fh is None:
-            return
         if self._error is not None:
             raise self._error
         self._queue.put(data)
 
     def finish(self) -> None:
-        if self._fh is None or not self._thread.is_alive():
+        if not self._thread.is_alive():
             return
         self._queue.put(None)
         self._thread.join()
@@ -184,24 +186,31 @@ class _BackgroundWriter:
 def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path) -> None:
     """CSV: columns in the source's order if it had one, then any others sorted; nested values
     as JSON. Two passes over the verified data (first for the column set) keep memory flat."""
-    columns: list[str] = list(entry.meta.get("columns") or [])
+    columns: list[str] = entry.meta.get("columns") or []
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise IntegrityError(f"dataset {entry.name}: the snapshot's column list is malformed")
+    columns = list(columns)
     seen = set(columns)
     extra: set[str] = set()
     for _ref, plain in iter_chunks(reader, entry):
         for line in plain.splitlines():
-            extra.update(k for k in parse_json(line) if k not in seen)
+            extra.update(k for k in parse_line(line, entry.name) if k not in seen)
     columns += sorted(extra)
     with _open_new(tmp, truncate=True) as raw:
         import io
 
         fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.writer(fh)
-        writer.writerow(columns)
-        for _ref, plain in iter_chunks(reader, entry):
-            for line in plain.splitlines():
-                rec = parse_json(line)
-                writer.writerow([_cell(rec.get(c)) for c in columns])
-        fh.flush()
+        try:
+            writer.writerow(columns)
+            for _ref, plain in iter_chunks(reader, entry):
+                for line in plain.splitlines():
+                    rec = parse_line(line, entry.name)
+                    writer.writerow([_cell(rec.get(c)) for c in columns])
+            fh.flush()
+        except UnicodeEncodeError:  # a lone surrogate: JSON can spell it, UTF-8 cannot
+            raise IntegrityError(f"dataset {entry.name}: a stored record holds text that is "
+                                 "not valid Unicode") from None
         os.fsync(raw.fileno())
         fh.detach()
 
@@ -222,7 +231,7 @@ def _open_new(path: Path, truncate: bool = False):  # type: ignore[no-untyped-de
 
 
 def _mkdirs(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dirs(path)  # every directory it creates 0700, not only the last
 
 
 def _unlink(path: Path) -> None:

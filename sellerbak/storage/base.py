@@ -9,8 +9,10 @@ Names are `/`-separated relative paths such as `config`, `keys/<id>`, `data/ab/<
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,23 @@ class Store(ABC):
 
     @abstractmethod
     def delete(self, name: str) -> None:
-        """Remove an object; removing a missing object is not an error."""
+        """Remove an object; removing a missing object is not an error. A store with Object
+        Lock raises RetentionError (and removes nothing) while the object's retention lasts."""
+
+    # -- retention (S3 Object Lock); stores without it keep nothing beyond the objects ----
+
+    #: the retention every new object gets, or None (sellerbak.storage.object_lock.ObjectLock)
+    object_lock: Any = None
+
+    def retention_until(self, name: str) -> datetime | None:
+        """When the object's retention ends; None if it has none (always, on this store)."""
+        return None
+
+    def extend_retention(self, names: Iterable[str], until: datetime | None = None) -> int:
+        """Make each object retained at least until `until` (default: now + the configured
+        period); returns how many were extended. Retention is never shortened. A no-op on
+        stores without Object Lock, so callers need not ask which kind of store they have."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and thread pools."""

@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sellerbak.errors import ObjectExistsError, ObjectNotFoundError, StorageError
+from sellerbak.localfiles import private_dirs
 from sellerbak.storage.base import ObjectInfo, Store
 
 _TMP_PREFIX = ".tmp-"
 
 
 def _os_error(action: str, name: str, exc: OSError) -> StorageError:
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageError(f"cannot {action} {name}: no space left on the repository's disk")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StorageError(f"cannot {action} {name}: permission denied ({exc.strerror})")
@@ -43,7 +44,7 @@ class LocalStore(Store):
         path = self._path(name)
         tmp = path.parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
         try:
-            self._mkdirs(path.parent)
+            private_dirs(path.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data)
@@ -63,19 +64,6 @@ class LocalStore(Store):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-
-    def _mkdirs(self, directory: Path) -> None:
-        """Create `directory` and any missing parents up to and including the root, each 0700
-        (Path.mkdir(parents=True) would give the parents the umask's mode)."""
-        missing = []
-        while not directory.is_dir():
-            missing.append(directory)
-            if directory == directory.parent:
-                break
-            directory = directory.parent
-        for d in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                d.mkdir(mode=0o700)
 
     def get(self, name: str) -> bytes:
         try:

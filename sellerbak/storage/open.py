@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from sellerbak.errors import ConfigError
@@ -33,8 +34,27 @@ def open_store(
     endpoint_url: str | None = None,
     region: str | None = None,
     storage_class: str | None = None,
+    object_lock: dict[str, Any] | None = None,
 ) -> Store:
-    """The Store that `url` names; ConfigError naming `repository.url` if it is not usable."""
+    """The Store that `url` names; ConfigError naming `repository.url` if it is not usable.
+
+    `object_lock` is `repository.object_lock` as sellerbak.config parses it ({mode, days}):
+    S3 only: a local directory has no retention that its owner could not undo."""
+    if object_lock and not (isinstance(url, str) and url.strip().lower().startswith("s3://")):
+        raise ConfigError(
+            "repository.object_lock works only with an s3:// repository (S3 Object Lock); "
+            "remove it for a local repository"
+        )
+    return _open(url, endpoint_url, region, storage_class, object_lock)
+
+
+def _open(
+    url: str,
+    endpoint_url: str | None,
+    region: str | None,
+    storage_class: str | None,
+    object_lock: dict[str, Any] | None,
+) -> Store:
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"{_KEY} is empty; use file:///path, a directory path or s3://bucket")
     url = url.strip()
@@ -50,7 +70,7 @@ def open_store(
     if scheme == "file":
         return _file_url(url)
     if scheme == "s3":
-        return _s3_url(url, endpoint_url, region, storage_class)
+        return _s3_url(url, endpoint_url, region, storage_class, object_lock)
     raise ConfigError(
         f"{_KEY} has unsupported scheme {scheme!r}; use file:///path or s3://bucket/prefix"
         + (" (set the endpoint with repository.endpoint_url)" if scheme.startswith("http") else "")
@@ -76,7 +96,11 @@ def _file_url(url: str) -> Store:
 
 
 def _s3_url(
-    url: str, endpoint_url: str | None, region: str | None, storage_class: str | None
+    url: str,
+    endpoint_url: str | None,
+    region: str | None,
+    storage_class: str | None,
+    object_lock: dict[str, Any] | None = None,
 ) -> Store:
     bucket, _, prefix = url[len("s3://") :].partition("/")
     if "@" in bucket:
@@ -105,7 +129,13 @@ def _s3_url(
                 "repository.endpoint_url must be an http:// or https:// URL with a host, "
                 "e.g. https://s3.example.com or http://127.0.0.1:8333"
             )
+    from sellerbak.storage.object_lock import ObjectLock
     from sellerbak.storage.s3 import S3Store  # boto3 is slow to import; only when needed
+
+    try:
+        lock = ObjectLock.from_config(object_lock)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"repository.object_lock: {exc}") from None
 
     try:
         return S3Store(
@@ -114,6 +144,7 @@ def _s3_url(
             endpoint_url=endpoint_url,
             region=region,
             storage_class=storage_class,
+            object_lock=lock,
         )
     except ValueError as exc:  # botocore: InvalidRegionError, "Invalid endpoint: ..."
         from botocore.exceptions import InvalidRegionError

@@ -6,11 +6,22 @@ Design points, each for a reason:
   container role); they never pass through our configuration, so they never end up in YAML, logs
   or error messages.
 - Path-style addressing, because S3-compatible servers on a bare host:port have no per-bucket DNS.
-- Retries are ours (tenacity, exponential backoff with full jitter), not botocore's: botocore makes
-  a single attempt, so the retry policy (what is transient, how long to keep trying) is in one
-  place and an operator sees one message after the last attempt. Throttling, 5xx and broken
-  connections are retried; authentication and other 4xx errors are not, since retrying a wrong
-  key only delays the error and can trigger lock-outs.
+- Retries are ours (tenacity), not botocore's: botocore makes a single attempt, so the retry
+  policy (what is transient, how long to keep trying) is in one place and an operator sees one
+  message after the last attempt. Throttling, 5xx, timeouts and broken connections are retried;
+  authentication and other 4xx errors are not, since retrying a wrong key only delays the error
+  and can trigger lock-outs.
+- The backoff is exponential with "equal jitter" (half the step fixed, half random), capped per
+  wait, and the retries of one operation stop after `retry_attempts` or once `retry_seconds` have
+  passed, whichever comes first. Full jitter would spread a crowd of clients better, but a backup
+  is one client, and what it needs is a known minimum ride-through: with the defaults any outage
+  shorter than about 50 s (a storage server restarting, a burst of 503 SlowDown) is survived,
+  and a dead endpoint still fails within a few minutes instead of hanging a nightly job.
+- Every request has a connect timeout (also the limit on a body send that makes no progress)
+  and a read timeout, so a connection that goes silent (a stalled proxy, a server restarting)
+  ends in a timeout and a retry, never in a hang. Defaults 10 s and 60 s (botocore's: a
+  CompleteMultipartUpload may legitimately think for tens of seconds); the environment variables
+  in `ENV_SETTINGS` change them and the retry budget (docs/FAILURES.md).
 - `put` never overwrites: every write this client sends carries `If-None-Match: *`, including the
   CompleteMultipartUpload of large objects (see `_create_only`), so the check is done atomically by
   the server and two writers racing for one name cannot both win.
@@ -24,6 +35,12 @@ unique ids, so identical bytes under the same name are the same object; nothing 
 A 412 on the *first* attempt is always ObjectExistsError, even for identical bytes, because the
 caller may be using put as a create-only lock. If the service computes ETags differently (e.g.
 SSE-KMS on AWS) the comparison fails and we report ObjectExistsError, the safe side.
+
+Multipart leftovers: boto3's transfer manager aborts a failed multipart upload itself, but with a
+single request over the same faulty network; an upload nobody completes or aborts keeps its parts
+(and the storage bill) forever on services without a lifecycle rule. So after a multipart put that
+needed more than one attempt we list the uploads still open for that key and abort them. That is
+safe because multipart objects are packs, whose names are random: nobody else writes that key.
 """
 
 from __future__ import annotations
@@ -31,6 +48,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import random
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -46,11 +65,18 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_random_exponential,
+    stop_after_delay,
 )
 
-from sellerbak.errors import ObjectExistsError, ObjectNotFoundError, SellerbakError, StorageError
+from sellerbak.errors import (
+    ConfigError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    SellerbakError,
+    StorageError,
+)
 from sellerbak.storage.base import ObjectInfo, Store
+from sellerbak.storage.object_lock import ObjectLock, ObjectLockSupport
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +85,17 @@ T = TypeVar("T")
 #: objects larger than this go up in parts via boto3's transfer manager
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 8 * 1024 * 1024
+
+#: S3Store argument -> (environment variable, default, smallest value). The variable is read when
+#: the argument is not given, so an operator (or a test) can tune a deployment without a config
+#: change; an int default means a whole number.
+ENV_SETTINGS: dict[str, tuple[str, float, float]] = {
+    "connect_timeout": ("SELLERBAK_S3_CONNECT_TIMEOUT", 10.0, 0.1),
+    "read_timeout": ("SELLERBAK_S3_READ_TIMEOUT", 60.0, 0.1),
+    "retry_attempts": ("SELLERBAK_S3_RETRY_ATTEMPTS", 12, 1),
+    "retry_seconds": ("SELLERBAK_S3_RETRY_SECONDS", 300.0, 0.0),
+    "retry_max_wait": ("SELLERBAK_S3_RETRY_MAX_WAIT", 20.0, 0.01),
+}
 
 _THROTTLE_CODES = frozenset(
     {
@@ -176,6 +213,26 @@ def _multipart_etag(data: bytes | memoryview, chunksize: int) -> str:
     return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{parts}"
 
 
+def _setting(name: str, given: float | None) -> float:
+    """An S3Store setting: the argument if given, else its environment variable, else the
+    default. A bad value is a configuration error naming the variable."""
+    if given is not None:
+        return given
+    var, default, least = ENV_SETTINGS[name]
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if isinstance(default, int) else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not least <= value < 1e9:
+        kind = "a whole number" if isinstance(default, int) else "a number of seconds"
+        raise ConfigError(f"environment variable {var}: must be {kind} >= {least:g}, "
+                          f"not {raw[:20]!r}")
+    return value
+
+
 def _create_only(params: dict[str, Any], **_: Any) -> None:
     """botocore hook: make every object write of this client conditional.
 
@@ -186,7 +243,7 @@ def _create_only(params: dict[str, Any], **_: Any) -> None:
     params.setdefault("IfNoneMatch", "*")
 
 
-class S3Store(Store):
+class S3Store(ObjectLockSupport, Store):
     """A Store on an S3 bucket under a key prefix; see the module docstring for the guarantees."""
 
     def __init__(
@@ -198,11 +255,13 @@ class S3Store(Store):
         storage_class: str | None = None,
         max_pool_connections: int = 16,
         *,
-        retry_attempts: int = 8,
+        retry_attempts: int | None = None,
         retry_min_wait: float = 0.2,
-        retry_max_wait: float = 20.0,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
+        retry_max_wait: float | None = None,
+        retry_seconds: float | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        object_lock: ObjectLock | None = None,
     ) -> None:
         if not bucket:
             raise StorageError("S3 bucket name is empty")
@@ -211,9 +270,14 @@ class S3Store(Store):
         self._base = f"{self.prefix}/" if self.prefix else ""
         self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.storage_class = storage_class
-        self.retry_attempts = max(1, retry_attempts)
+        #: retention for new objects (S3 Object Lock), see sellerbak.storage.object_lock
+        self.object_lock = object_lock
+        self.retry_attempts = max(1, int(_setting("retry_attempts", retry_attempts)))
         self.retry_min_wait = retry_min_wait
-        self.retry_max_wait = retry_max_wait
+        self.retry_max_wait = _setting("retry_max_wait", retry_max_wait)
+        self.retry_seconds = _setting("retry_seconds", retry_seconds)
+        self.connect_timeout = _setting("connect_timeout", connect_timeout)
+        self.read_timeout = _setting("read_timeout", read_timeout)
 
         # A session of our own: boto3's default session is not thread-safe to create clients from.
         session = boto3.session.Session(region_name=region)
@@ -223,8 +287,8 @@ class S3Store(Store):
             endpoint_url=endpoint_url,
             config=Config(
                 s3={"addressing_style": "path"},
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
                 # one attempt per call: botocore's "max_attempts" counts *retries*, so it would
                 # still retry once; total_max_attempts=1 leaves all retrying to tenacity
                 retries={"mode": "standard", "total_max_attempts": 1},
@@ -247,9 +311,10 @@ class S3Store(Store):
     def put(self, name: str, data: bytes) -> None:
         key = self._key(name)
         payload = bytes(data)
-        extra: dict[str, str] = {}
+        extra: dict[str, Any] = {}
         if self.storage_class:
             extra["StorageClass"] = self.storage_class
+        extra.update(self.lock_put_args(name))
         multipart = len(payload) > MULTIPART_THRESHOLD
         state = {"failed_attempt": False}
 
@@ -276,12 +341,20 @@ class S3Store(Store):
                         f"object {name} already exists in {self.location}; not overwritten"
                     ) from None
                 state["failed_attempt"] = True
+                self.lock_put_failed(exc)  # a clear ConfigError if the bucket has no Object Lock
                 raise
             except Exception:
                 state["failed_attempt"] = True
                 raise
 
-        self._run("write", name, attempt)
+        try:
+            self._run("write", name, attempt)
+        except Exception:
+            if multipart and state["failed_attempt"]:
+                self._abort_leftovers(key, patient=False)
+            raise
+        if multipart and state["failed_attempt"]:
+            self._abort_leftovers(key, patient=True)
 
     def get(self, name: str) -> bytes:
         key = self._key(name)
@@ -350,6 +423,9 @@ class S3Store(Store):
                 return
 
     def delete(self, name: str) -> None:
+        if self.object_lock is not None:
+            self.delete_versions(name)  # versions for good, or RetentionError; no delete markers
+            return
         key = self._key(name)
 
         def attempt() -> None:
@@ -380,6 +456,8 @@ class S3Store(Store):
             region = self.client.meta.region_name
             if region and region not in ("us-east-1", "aws-global"):
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            if self.object_lock is not None:
+                kwargs["ObjectLockEnabledForBucket"] = True  # also turns on versioning
             try:
                 self.client.create_bucket(**kwargs)
             except bce.ClientError as exc:
@@ -393,6 +471,8 @@ class S3Store(Store):
                 raise
 
         self._run("create bucket", self.bucket, attempt)
+        if self.object_lock is not None:
+            self.check_object_lock()  # an existing bucket may lack it; a server may ignore it
 
     # -- internals ------------------------------------------------------------------------
 
@@ -404,6 +484,36 @@ class S3Store(Store):
 
     def _lister(self, kwargs: dict[str, Any]) -> Callable[[], dict[str, Any]]:
         return lambda: self.client.list_objects_v2(**kwargs)
+
+    def _abort_leftovers(self, key: str, patient: bool) -> None:
+        """Abort multipart uploads of `key` that failed attempts left open (module docstring).
+        Best effort: the put's own outcome stands whatever happens here. After a failed put the
+        storage is probably unreachable, so one try (no retries) rather than a second wait."""
+
+        def attempt() -> int:
+            page = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            aborted = 0
+            for upload in page.get("Uploads", ()):
+                if upload.get("Key") != key:
+                    continue
+                try:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                except bce.ClientError as exc:
+                    if _error_code(exc) != "NoSuchUpload":
+                        raise
+                aborted += 1
+            return aborted
+
+        try:
+            aborted = self._run("clean up uploads of", key, attempt) if patient else attempt()
+        except Exception as exc:  # noqa: BLE001 - best effort, see above
+            log.warning("could not abort unfinished uploads of %s: %s", key,
+                        exc if isinstance(exc, SellerbakError) else _describe(exc))
+            return
+        if aborted:
+            log.info("aborted %d unfinished multipart upload(s) of %s", aborted, key)
 
     def _holds(self, key: str, payload: bytes, multipart: bool) -> bool:
         """Does the stored object have exactly our bytes' size and ETag?"""
@@ -437,9 +547,14 @@ class S3Store(Store):
                 wait,
             )
 
+        def wait(state: RetryCallState) -> float:
+            # equal jitter: step/2 fixed + up to step/2 random (module docstring)
+            step = min(self.retry_max_wait, self.retry_min_wait * 2 ** (state.attempt_number - 1))
+            return step / 2 + random.uniform(0, step / 2)
+
         return Retrying(
-            stop=stop_after_attempt(self.retry_attempts),
-            wait=wait_random_exponential(multiplier=self.retry_min_wait, max=self.retry_max_wait),
+            stop=stop_after_attempt(self.retry_attempts) | stop_after_delay(self.retry_seconds),
+            wait=wait,
             retry=retry_if_exception(is_transient),
             before_sleep=log_retry,
             reraise=True,

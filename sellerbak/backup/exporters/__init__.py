@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sellerbak.backup.exporters.base import Source
-from sellerbak.config import Config, SourceConfig, option
+from sellerbak.config import Config, SourceConfig, option, shown_key
 from sellerbak.errors import ConfigError
 
 DEMO_KEYS = {"seed", "orders", "night"}
@@ -36,7 +36,12 @@ def _options(config: Config, src: SourceConfig) -> dict[str, Any]:
     if src.type == "files":
         _only(src, FILES_KEYS, path)
         raw = option(src, "path", str, None, path)
-        p = Path(raw).expanduser()
+        try:
+            if "\0" in raw:
+                raise ValueError
+            p = Path(raw).expanduser()
+        except (RuntimeError, ValueError):  # ~unknown-user, or a NUL character
+            raise ConfigError(f"{path}: {src.key}.path: not a usable path") from None
         return {"path": p if p.is_absolute() else src.base_dir / p}
     if src.type == "tiktok":
         return {"tiktok": _tiktok_options(config, src)}
@@ -69,8 +74,8 @@ def build_source(config: Config, src: SourceConfig) -> Source:
 def _only(src: SourceConfig, allowed: set[str], path: Path) -> None:
     for key in src.options:
         if key not in allowed:
-            raise ConfigError(f"{path}: {src.key}.{key}: unknown key for a {src.type} source "
-                              f"(allowed: {', '.join(sorted(allowed))})")
+            raise ConfigError(f"{path}: {src.key}.{shown_key(key)}: unknown key for a {src.type} "
+                              f"source (allowed: {', '.join(sorted(allowed))})")
 
 
 def _demo_state(config: Config, name: str) -> Path:
@@ -87,9 +92,8 @@ def demo_night(config: Config, name: str) -> int:
 
 def advance_demo(config: Config, name: str, nights: int) -> int:
     night = demo_night(config, name) + nights
-    state = _demo_state(config, name)
-    state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = state.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"night": night}))
-    tmp.replace(state)
+    from sellerbak.localfiles import write_private
+
+    write_private(_demo_state(config, name), json.dumps({"night": night}).encode(),
+                  f"the state of demo source {name}")
     return night

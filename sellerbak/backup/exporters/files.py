@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sellerbak.backup.exporters import sellercenter
 from sellerbak.backup.exporters.base import DatasetExport, Record
@@ -26,6 +26,7 @@ from sellerbak.errors import SourceError
 from sellerbak.records import parse_json
 
 SUFFIXES = (".jsonl", ".csv")
+MAX_LINE = 64 * 1024 * 1024
 SELLER_CENTER_SUFFIXES = (".csv", ".xlsx")
 
 
@@ -91,9 +92,19 @@ def read_errors(label: str, file: Path) -> Iterator[None]:
         raise SourceError(f"cannot read {file}: {exc.strerror}") from None
 
 
+def bounded_lines(fh: IO[Any], label: str) -> Iterator[Any]:
+    """The lines of an open file, refusing one longer than MAX_LINE (bytes or characters):
+    records are kilobytes, and a file without line breaks would otherwise be read whole."""
+    while line := fh.readline(MAX_LINE + 1):
+        if len(line) > MAX_LINE:
+            raise SourceError(f"{label}: a line is longer than {MAX_LINE} bytes")
+        yield line
+
+
 def _read_jsonl(file: Path, root: Path) -> Iterator[Record]:
-    with read_errors(str(file.relative_to(root)), file), open(file, "rb") as fh:
-            for n, line in enumerate(fh, 1):
+    label = str(file.relative_to(root))
+    with read_errors(label, file), open(file, "rb") as fh:
+            for n, line in enumerate(bounded_lines(fh, label), 1):
                 if not line.strip():
                     continue
                 try:
@@ -110,7 +121,7 @@ def _read_jsonl(file: Path, root: Path) -> Iterator[Record]:
 def _csv_header(file: Path) -> list[str]:
     try:
         with open(file, encoding="utf-8-sig", newline="") as fh:
-            header = next(csv.reader(fh), [])
+            header = next(csv.reader(bounded_lines(fh, file.name)), [])
     except (UnicodeDecodeError, csv.Error):
         raise SourceError(f"{file.name}: not a readable UTF-8 CSV file") from None
     except OSError as exc:
@@ -125,7 +136,7 @@ def _csv_header(file: Path) -> list[str]:
 def _read_csv(file: Path, root: Path) -> Iterator[Record]:
     with (read_errors(str(file.relative_to(root)), file),
           open(file, encoding="utf-8-sig", newline="") as fh):
-            reader = csv.reader(fh)
+            reader = csv.reader(bounded_lines(fh, str(file.relative_to(root))))
             header = next(reader, [])
             for row in reader:
                 if not row:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ LINE_COLUMNS = {
 FINANCE_SHEET = "order details"
 FINANCE_IDS = {"order/adjustment id", "order\\adjustment id"}
 HEADER_SCAN_ROWS = 10
+#: Excel's own row limit, and far more columns and cells than a Seller Center export has
+MAX_ROWS = 1_048_576
+MAX_COLUMNS = 1024
+MAX_CELLS = 50_000_000
 
 
 def _norm(name: Any) -> str:
@@ -74,10 +79,11 @@ def _cell(value: Any) -> str:
 
 
 def _csv_rows(file: Path) -> Iterator[list[str]]:
-    from sellerbak.backup.exporters.files import read_errors  # files.py imports this module
+    # files.py imports this module
+    from sellerbak.backup.exporters.files import bounded_lines, read_errors
 
     with read_errors(file.name, file), open(file, encoding="utf-8-sig", newline="") as fh:
-        yield from csv.reader(fh)
+        yield from csv.reader(bounded_lines(fh, file.name))
 
 
 def _workbook(file: Path) -> Any:
@@ -91,8 +97,26 @@ def _workbook(file: Path) -> Any:
         raise SourceError(f"{file.name}: not a readable Excel (.xlsx) file") from None
 
 
-def _sheet_rows(sheet: Any) -> Iterator[list[str]]:
-    for row in sheet.iter_rows(values_only=True):
+def _sheet_rows(sheet: Any, file: Path) -> Iterator[list[str]]:
+    """A worksheet's rows as text. Read lazily, so a damaged sheet (its XML or its compressed
+    stream) fails here: that ends in a SourceError. The file's stated dimensions are ignored
+    (they would pad every row to them), and rows, columns and cells are bounded: a forged sheet
+    can number its rows a billion apart or put a cell at column XFD, and reading it would
+    then spin for hours on a file of a few hundred bytes."""
+    sheet.reset_dimensions()
+    rows = sheet.iter_rows(values_only=True, max_row=MAX_ROWS + 1)
+    cells = 0
+    for n in itertools.count():
+        try:
+            row = next(rows, None)
+        except Exception:  # noqa: BLE001 - zipfile/XML errors of a damaged file
+            raise SourceError(f"{file.name}: not a readable Excel (.xlsx) file") from None
+        if row is None:
+            return
+        cells += len(row)
+        if n >= MAX_ROWS or len(row) > MAX_COLUMNS or cells > MAX_CELLS:
+            raise SourceError(f"{file.name}: a worksheet is larger than a Seller Center export "
+                              f"can be (at most {MAX_ROWS} rows of {MAX_COLUMNS} columns)")
         yield [_cell(v) for v in row]
 
 
@@ -117,11 +141,11 @@ def detect(file: Path) -> str | None:
     wb = _workbook(file)
     try:
         names = {_norm(n): n for n in wb.sheetnames}
-        if FINANCE_SHEET in names and _header(_sheet_rows(wb[names[FINANCE_SHEET]]),
+        if FINANCE_SHEET in names and _header(_sheet_rows(wb[names[FINANCE_SHEET]], file),
                                               FINANCE_IDS):
             return FINANCE
         for sheet in wb.worksheets:
-            found = _header(_sheet_rows(sheet), {ORDER_ID})
+            found = _header(_sheet_rows(sheet, file), {ORDER_ID})
             if found and "order status" in {_norm(c) for c in found[0]}:
                 return ORDERS
         return None
@@ -140,8 +164,8 @@ def _table(file: Path, wanted: set[str], sheet_name: str | None = None
         sheets = [wb[n] for n in wb.sheetnames if _norm(n) == sheet_name] if sheet_name \
             else wb.worksheets
         for sheet in sheets:
-            rows = _sheet_rows(sheet)
-            peek = _header(_sheet_rows(sheet), wanted)
+            rows = _sheet_rows(sheet, file)
+            peek = _header(_sheet_rows(sheet, file), wanted)
             if peek is None:
                 continue
             yield from _rows_after_header(file, rows, wanted)

@@ -26,7 +26,7 @@ from sellerbak.backup.exporters.tiktok.exporter import (
     TikTokOptions,
     TikTokSource,
 )
-from sellerbak.config import Config, SourceConfig
+from sellerbak.config import Config, SourceConfig, shown_key
 from sellerbak.credentials import parse_secret_ref
 from sellerbak.errors import ConfigError, SellerbakError
 
@@ -47,7 +47,7 @@ def parse_options(config: Config, src: SourceConfig) -> TikTokOptions:
 
     for name in o:
         if name not in TIKTOK_KEYS:
-            raise err(name, f"unknown key for a tiktok source (allowed: "
+            raise err(shown_key(name), f"unknown key for a tiktok source (allowed: "
                             f"{', '.join(sorted(TIKTOK_KEYS))})")
     app_key = o.get("app_key")
     if not isinstance(app_key, (str, int)) or isinstance(app_key, bool) or not str(app_key):
@@ -84,7 +84,10 @@ def parse_options(config: Config, src: SourceConfig) -> TikTokOptions:
 def _url(value: Any, err: Callable[[str], ConfigError]) -> str:
     if not isinstance(value, str):
         raise err("must be a URL")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise err("must be an https:// URL without a query") from None
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.query:
         raise err("must be an https:// URL without a query")
     if parts.scheme == "http":
@@ -106,7 +109,7 @@ def _datasets(value: Any, err: Callable[[str], ConfigError]) -> tuple[str, ...]:
             else [item]
         for name in names:
             if name not in DATASETS:
-                raise err(f"unknown dataset {item!r} (known: products, orders, customers, "
+                raise err(f"unknown dataset {repr(item)[:60]} (known: products, orders, customers, "
                           f"finance, {', '.join(d for d in DATASETS if '/' in d)})")
             if name not in out:
                 out.append(name)

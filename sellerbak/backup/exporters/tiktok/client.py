@@ -34,6 +34,7 @@ from tenacity import (
 from sellerbak.backup.exporters.tiktok.errors import (
     ApiError,
     ClockSkewError,
+    DatasetError,
     ExpiredTokenError,
     TransientError,
     classify,
@@ -173,9 +174,16 @@ class TikTokClient:
             if value is None or value == "":
                 continue  # never send empty parameters (spec 3.1 edge rules)
             pairs.append((key, _text(value)))
-        data = orjson.dumps(body) if body is not None else b""
-        signature = sign(self.app_secret, path, pairs, data, "application/json")
-        url = f"{self.api_url}{path}?{encode_query(pairs + [('sign', signature)])}"
+        try:
+            data = orjson.dumps(body) if body is not None else b""
+            signature = sign(self.app_secret, path, pairs, data, "application/json")
+            url = f"{self.api_url}{path}?{encode_query(pairs + [('sign', signature)])}"
+        except (UnicodeEncodeError, orjson.JSONEncodeError):
+            # a value taken from an earlier answer (a page token, an id) that is not valid
+            # Unicode (a lone surrogate): it cannot be signed or sent
+            raise DatasetError(f"source {self.source}: TikTok Shop's answer held text that "
+                               "cannot be sent back in a request; the next run tries "
+                               "again") from None
         headers = {"content-type": "application/json", "x-tts-access-token": token}
         self.limiter.wait()  # our own pacing; `waited` counts only the server's throttling
         self.stats.requests += 1
@@ -190,7 +198,7 @@ class TikTokClient:
                                  ) from None
         try:
             envelope = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the stack
             envelope = None
         if not isinstance(envelope, dict) or not isinstance(envelope.get("code"), int):
             if resp.status_code == 200:
@@ -232,6 +240,9 @@ class TikTokClient:
             token = data.get("next_page_token") or None
             if token is None:
                 return
+            if not isinstance(token, str):
+                raise ApiError(f"source {self.source}: TikTok Shop sent a page token that is "
+                               f"not text on {path}; upgrade sellerbak")
             if token in seen:
                 raise ApiError(f"source {self.source}: TikTok Shop repeated a page token on "
                                f"{path}; the next run tries again")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from sellerbak.backup.exporters.base import Record
+from sellerbak.localfiles import private_dirs
 
 CONTACT_FIELDS = ("buyer_email", "buyer_nickname", "cpf", "cpf_name", "recipient_address")
 
@@ -52,7 +53,7 @@ class CustomerBook:
 
     def __init__(self, directory: Path, previous: str | None, full: bool) -> None:
         self.dir = directory
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dirs(self.dir)
         self.generation = secrets.token_hex(8)
         self.path = self.dir / f"customers-{self.generation}.sqlite"
         if not full and previous is not None:

@@ -56,6 +56,7 @@ from sellerbak.backup.exporters.tiktok.errors import ApiError, DatasetError
 from sellerbak.backup.exporters.tiktok.tokens import AuthClient, TokenManager, TokenStore
 from sellerbak.credentials import SecretRef
 from sellerbak.errors import SourceError
+from sellerbak.localfiles import private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +187,7 @@ class TikTokSource:
 
     def shops(self) -> list[dict[str, Any]]:
         """The shops this authorization covers (Get Authorized Shops)."""
-        data = self.client.call("GET", P_SHOPS)
-        return [s for s in data.get("shops") or [] if isinstance(s, dict)]
+        return _list(self.client.call("GET", P_SHOPS), "shops")
 
     def _shop(self) -> str:
         if self._cipher is None:
@@ -265,6 +265,8 @@ class TikTokSource:
             if a >= b:
                 continue
             items, token, total = fetch(a, b, None)
+            if not isinstance(total, int | float) or isinstance(total, bool):
+                total = None  # not a count: read the window as it is
             if not fixed and total is not None and total > self.opts.window_records \
                     and b - a > MIN_WINDOW:
                 mid = a + (b - a) // 2
@@ -273,6 +275,9 @@ class TikTokSource:
             yield from items
             seen: set[str] = set()
             while token:
+                if not isinstance(token, str):
+                    raise DatasetError(f"source {self.name}: TikTok Shop sent a page token that "
+                                       "is not text; upgrade sellerbak")
                 if token in seen:
                     raise DatasetError(f"source {self.name}: TikTok Shop repeated a page token; "
                                        "the next run tries again")
@@ -349,7 +354,7 @@ class TikTokSource:
         if "orders" in wanted and lower["orders"] is None:
             lo = None
         if "customers" in wanted:
-            book_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dirs(book_dir)
             CustomerBook.clean(book_dir, {prev_book} if prev_book else set())
         book = CustomerBook(book_dir, prev_book, lo is None) if "customers" in wanted else None
         export = DatasetExport("orders", (), mode="full" if lo is None else "changes")

@@ -30,6 +30,7 @@ import requests
 from sellerbak.backup.exporters.tiktok.errors import ApiError, TransientError, short
 from sellerbak.credentials import SecretRef
 from sellerbak.errors import ConfigError, SourceError
+from sellerbak.localfiles import disk_error, private_dirs
 
 log = logging.getLogger(__name__)
 #: refresh this long before the access token expires (it lasts about 7 days)
@@ -65,9 +66,21 @@ class TokenSet:
                        seller_base_region=str(data.get("seller_base_region") or ""),
                        granted_scopes=[str(s) for s in data.get("granted_scopes") or []],
                        obtained_at=now)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int(1e400)
             raise SourceError("TikTok Shop's token response lacks the tokens; try again "
                               "later") from None
+
+
+def _check_types(tokens: TokenSet) -> None:
+    """A token file edited or damaged on disk: every member must have its type, or the first
+    comparison with the clock would fail far from here."""
+    for name, kind in (("access_token", str), ("refresh_token", str), ("open_id", str),
+                       ("seller_name", str), ("seller_base_region", str),
+                       ("access_token_expire_in", int), ("refresh_token_expire_in", int),
+                       ("obtained_at", int), ("granted_scopes", list)):
+        value = getattr(tokens, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(name)
 
 
 class TokenStore:
@@ -81,17 +94,22 @@ class TokenStore:
     def load(self) -> TokenSet | None:
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
-            return TokenSet(**raw)
+            tokens = TokenSet(**raw)
+            _check_types(tokens)
+            return tokens
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, RecursionError):
             raise SourceError(f"source {self.source}: the token file {self.path} is damaged: "
                               f"authorize again: 'sellerbak auth {self.source} --code "
                               "AUTH_CODE'") from None
 
     def save(self, tokens: TokenSet) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.dir)
+        try:
+            private_dirs(self.dir)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.dir)
+        except OSError as exc:
+            raise disk_error(f"the tokens of source {self.source} ({self.path})", exc) from None
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -99,9 +117,12 @@ class TokenStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError):  # a full disk: one line, the old file still in place
+                raise disk_error(f"the tokens of source {self.source} ({self.path})",
+                                 exc) from None
             raise
         with contextlib.suppress(OSError):
             dfd = os.open(self.dir, os.O_RDONLY)
@@ -112,7 +133,7 @@ class TokenStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dirs(self.dir)
         fd = os.open(self.dir / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -164,7 +185,7 @@ class AuthClient:
                 continue
             try:
                 body = resp.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past the stack
                 body = None
             if not isinstance(body, dict) or body.get("code") != 0 or \
                     not isinstance(body.get("data"), dict):

@@ -1,0 +1,337 @@
+"""S3 Object Lock for the S3 store: objects carry a retention date, so that whoever holds the
+storage credentials (with COMPLIANCE mode: anybody at all) cannot destroy a backup before it.
+
+Why each rule is what it is:
+
+- Retention is set on every write (ObjectLockMode and ObjectLockRetainUntilDate on PutObject and
+  on CreateMultipartUpload), not left to a bucket default rule, so the period is the one in
+  sellerbak's configuration and lock objects can be left out.
+- `locks/` objects get no retention: they are deleted seconds after use, and under retention
+  every run would leave one behind for the whole period.
+- Object Lock needs a versioned bucket. There a plain DeleteObject only adds a delete marker: the
+  object disappears from listings while its locked version stays and is still billed. So
+  `delete` works on versions: it reads the retention of every version first and, if one is still
+  retained, raises RetentionError and removes nothing (prune leaves the object, counts it and
+  tries again in a later run, as restic and kopia do). Versions whose retention has ended are
+  deleted by VersionId, oldest first and delete markers last, so an interrupted delete never
+  brings an old version back into view.
+- Kept snapshots keep needing old packs after those packs' retention has run out, so prune
+  extends the retention of everything still needed (`extend_retention`, kopia's "extend object
+  locks"). Every needed object stays protected as long as prune runs more often than the
+  retention period.
+- An Object Lock write must carry a checksum header (Content-MD5 or x-amz-checksum-*). botocore
+  sends CRC32 by default, but not when AWS_REQUEST_CHECKSUM_CALCULATION=when_required, so we ask
+  for CRC32 explicitly.
+- Retention dates are computed from this machine's clock; a clock far in the past would shorten
+  the protection by the same amount.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import botocore.exceptions as bce
+
+from sellerbak.errors import ConfigError, ObjectNotFoundError, RetentionError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MODES = ("GOVERNANCE", "COMPLIANCE")
+#: names that never get retention: deleted in normal operation right after use
+EXEMPT_PREFIXES = ("locks/",)
+#: parallel requests when extending retention of many objects
+EXTEND_WORKERS = 8
+
+_NO_LOCK_CONFIG = frozenset(
+    {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}
+)
+_UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "XNotImplemented"})
+_GONE = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """The retention every new repository object gets."""
+
+    mode: str
+    period: timedelta
+    exempt: tuple[str, ...] = EXEMPT_PREFIXES
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Object Lock mode must be one of {', '.join(MODES)}")
+        if self.period <= timedelta(0):
+            raise ValueError("Object Lock retention period must be positive")
+
+    @classmethod
+    def from_config(cls, value: dict[str, Any] | None) -> ObjectLock | None:
+        """From `repository.object_lock` as sellerbak.config parses it ({mode, days})."""
+        if not value:
+            return None
+        return cls(str(value["mode"]).upper(), timedelta(days=int(value["days"])))
+
+    def applies_to(self, name: str) -> bool:
+        return not name.startswith(self.exempt)
+
+    def until(self, now: datetime | None = None) -> datetime:
+        """now + period, rounded up to a whole second (S3 keeps seconds)."""
+        return _ceil_second((now or datetime.now(UTC)) + self.period)
+
+    def put_args(self, now: datetime | None = None) -> dict[str, Any]:
+        """Extra PutObject / CreateMultipartUpload parameters for a new object."""
+        return {
+            "ObjectLockMode": self.mode,
+            "ObjectLockRetainUntilDate": self.until(now),
+            "ChecksumAlgorithm": "CRC32",
+        }
+
+
+def _ceil_second(when: datetime) -> datetime:
+    whole = when.replace(microsecond=0)
+    return whole if whole == when else whole + timedelta(seconds=1)
+
+
+def _code(exc: bce.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: bce.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _retained_until(head: dict[str, Any]) -> datetime | None:
+    until = head.get("ObjectLockRetainUntilDate")
+    if not isinstance(until, datetime):
+        return None
+    return until.astimezone(UTC) if until.tzinfo else until.replace(tzinfo=UTC)
+
+
+def _legal_hold(head: dict[str, Any]) -> bool:
+    return head.get("ObjectLockLegalHoldStatus") == "ON"
+
+
+class ObjectLockSupport:
+    """The Object Lock half of S3Store (mixed into it; see the module docstring)."""
+
+    object_lock: ObjectLock | None
+    client: Any
+    bucket: str
+    location: str
+    endpoint: str
+
+    if TYPE_CHECKING:
+
+        def _key(self, name: str) -> str: ...
+
+        def _run(self, action: str, name: str, fn: Callable[[], T]) -> T: ...
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def lock_put_args(self, name: str) -> dict[str, Any]:
+        """Extra parameters for writing `name`: retention unless the name is exempt."""
+        if self.object_lock is None or not self.object_lock.applies_to(name):
+            return {}
+        return self.object_lock.put_args()
+
+    def lock_put_failed(self, exc: bce.ClientError) -> None:
+        """Called when a write with lock settings was refused as a bad request: the usual
+        cause is a bucket without Object Lock (AWS: InvalidRequest), which deserves a clearer
+        message than the server's. Returns if the bucket is fine (the caller re-raises)."""
+        if self.object_lock is not None and _status(exc) == 400:
+            self.check_object_lock()
+
+    # -- the bucket -------------------------------------------------------------------------
+
+    def check_object_lock(self) -> None:
+        """ConfigError unless the bucket has Object Lock enabled (for `init` and after a
+        refused write). Object Lock can only be switched on for a bucket, never off again."""
+
+        def attempt() -> dict[str, Any] | None:
+            try:
+                return self.client.get_object_lock_configuration(Bucket=self.bucket)
+            except bce.ClientError as exc:
+                if _code(exc) in _NO_LOCK_CONFIG:
+                    return None
+                if _code(exc) in _UNSUPPORTED or _status(exc) in (405, 501):
+                    raise ConfigError(
+                        f"repository.object_lock is set, but the S3 service at {self.endpoint} "
+                        "does not support Object Lock; use a service that does or remove "
+                        "repository.object_lock"
+                    ) from None
+                raise
+
+        resp = self._run("read the Object Lock configuration of bucket", self.bucket, attempt)
+        config = (resp or {}).get("ObjectLockConfiguration") or {}
+        if config.get("ObjectLockEnabled") != "Enabled":
+            raise ConfigError(
+                f"repository.object_lock is set, but bucket {self.bucket} at {self.endpoint} "
+                "does not have Object Lock enabled; use a new bucket (sellerbak init creates "
+                "one with Object Lock), enable Object Lock on this one, or remove "
+                "repository.object_lock"
+            )
+        rule = config.get("Rule") or {}
+        if rule.get("DefaultRetention"):
+            log.warning(
+                "bucket %s has a default retention rule; sellerbak sets retention per object, "
+                "and the default also catches lock objects, which then stay hidden until it ends",
+                self.bucket,
+            )
+
+    # -- reading and extending retention ----------------------------------------------------
+
+    def retention_until(self, name: str) -> datetime | None:
+        """When the current version of `name` stops being retained (None: no retention)."""
+        key = self._key(name)
+        head = self._run(
+            "read retention of", name, lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+        )
+        return _retained_until(head)
+
+    def extend_retention(self, names: Iterable[str], until: datetime | None = None) -> int:
+        """Retain every named object at least until `until` (default: now + the configured
+        period). Objects already retained that long are left alone (retention can only grow),
+        a COMPLIANCE object stays COMPLIANCE, exempt names are skipped, and a missing object
+        is logged and skipped (`check` reports missing objects). Returns how many changed."""
+        lock = self.object_lock
+        if lock is None:
+            return 0
+        if until is not None and until.tzinfo is None:
+            raise ValueError("extend_retention needs an aware datetime")
+        target = _ceil_second(until) if until is not None else lock.until()
+        todo = [n for n in dict.fromkeys(names) if lock.applies_to(n)]
+        if not todo:
+            return 0
+
+        def one(name: str) -> bool:
+            key = self._key(name)
+            try:
+                head = self._run(
+                    "read retention of",
+                    name,
+                    lambda: self.client.head_object(Bucket=self.bucket, Key=key),
+                )
+            except ObjectNotFoundError:
+                log.warning("cannot extend retention of %s: it is missing", name)
+                return False
+            current = _retained_until(head)
+            if current is not None and current >= target:
+                return False
+            mode = "COMPLIANCE" if head.get("ObjectLockMode") == "COMPLIANCE" else lock.mode
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": key,
+                "Retention": {"Mode": mode, "RetainUntilDate": target},
+                "ChecksumAlgorithm": "CRC32",
+            }
+            if head.get("VersionId"):
+                kwargs["VersionId"] = head["VersionId"]  # exactly the version we looked at
+            self._run(
+                "extend retention of", name, lambda: self.client.put_object_retention(**kwargs)
+            )
+            return True
+
+        with ThreadPoolExecutor(min(EXTEND_WORKERS, len(todo))) as pool:
+            return sum(pool.map(one, todo))
+
+    # -- deleting ---------------------------------------------------------------------------
+
+    def delete_versions(self, name: str) -> None:
+        """Delete every version of `name` for good, or raise RetentionError and delete none.
+
+        Exempt names (locks) that a bucket default retention caught are hidden behind a
+        delete marker instead: a lock only has to vanish from listings."""
+        key = self._key(name)
+        versions, markers = self._versions(name, key)
+        if not versions and not markers:
+            return
+        now = datetime.now(UTC)
+        held_until: datetime | None = None
+        legal_hold = False
+        for vid in versions:
+            head = self._head_version(name, key, vid)
+            if head is None:
+                continue
+            until = _retained_until(head)
+            if until is not None and until > now:
+                held_until = max(held_until or until, until)
+            legal_hold = legal_hold or _legal_hold(head)
+        if held_until is not None or legal_hold:
+            if self.object_lock is not None and not self.object_lock.applies_to(name):
+                self._run(
+                    "delete", name, lambda: self.client.delete_object(Bucket=self.bucket, Key=key)
+                )
+                return
+            raise self._retention_error(name, held_until, legal_hold)
+        for vid in [*reversed(versions), *markers]:  # oldest first: nothing old reappears
+            self._delete_version(name, key, vid)
+
+    def _versions(self, name: str, key: str) -> tuple[list[str], list[str]]:
+        """Version ids of `key`: (object versions, delete markers)."""
+        versions: list[str] = []
+        markers: list[str] = []
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key}
+        while True:
+            page = self._run(
+                "list versions of",
+                name,
+                lambda p=dict(params): self.client.list_object_versions(**p),
+            )
+            for item in page.get("Versions", ()):
+                if item.get("Key") == key:
+                    versions.append(str(item["VersionId"]))
+            for item in page.get("DeleteMarkers", ()):
+                if item.get("Key") == key:
+                    markers.append(str(item["VersionId"]))
+            if not page.get("IsTruncated"):
+                return versions, markers
+            params["KeyMarker"] = page.get("NextKeyMarker", "")
+            params["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
+
+    def _head_version(self, name: str, key: str, vid: str) -> dict[str, Any] | None:
+        def attempt() -> dict[str, Any] | None:
+            try:
+                return self.client.head_object(Bucket=self.bucket, Key=key, VersionId=vid)
+            except bce.ClientError as exc:
+                if _code(exc) in _GONE or _status(exc) == 404:
+                    return None  # deleted meanwhile
+                raise
+
+        return self._run("read retention of", name, attempt)
+
+    def _delete_version(self, name: str, key: str, vid: str) -> None:
+        def attempt() -> None:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid)
+            except bce.ClientError as exc:
+                if _code(exc) in _GONE or _status(exc) == 404:
+                    return
+                if _status(exc) == 403:
+                    # retention may have been extended since we looked: say so if it was
+                    head = self._head_version(name, key, vid)
+                    if head is not None:
+                        until = _retained_until(head)
+                        if (until is not None and until > datetime.now(UTC)) or _legal_hold(head):
+                            raise self._retention_error(name, until, _legal_hold(head)) from None
+                raise
+
+        self._run("delete", name, attempt)
+
+    def _retention_error(
+        self, name: str, until: datetime | None, legal_hold: bool
+    ) -> RetentionError:
+        if until is not None:
+            why = f"under Object Lock retention until {until:%Y-%m-%d %H:%M:%S} UTC"
+            after = "it can be deleted after that"
+        else:
+            why = "under an Object Lock legal hold"
+            after = "it can be deleted once the hold is removed"
+        if legal_hold and until is not None:
+            why += " and a legal hold"
+        return RetentionError(f"object {name} in {self.location} is {why}; {after}", name, until)
