@@ -12,8 +12,9 @@ What it does, in one run:
 4. Night 1: the files are replaced by the night-1 export (1 % of orders changed, 0.5 % new,
    about 2 % of products repriced, new statements and transactions) and both back up again:
    bytes each adds (measured in the bucket, so packs, indexes and manifests all count).
-5. Both restore the latest snapshot: wall time and peak RSS; sellerbak's output is compared
-   with the input byte for byte.
+5. Both restore the latest snapshot, --restores times each, taking turns (the machine's other
+   load then weighs on both alike): median wall time and peak PSS; sellerbak's output is
+   compared with the input byte for byte.
 6. For each of --scales: a fresh sellerbak snapshot of that shop size, peak RSS (to show that
    memory does not grow with the shop).
 
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -159,6 +161,8 @@ def main() -> None:
                     help="shop sizes (orders) for the memory-scaling runs; empty to skip")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--restores", type=int, default=5,
+                    help="restores of the latest snapshot per tool (medians are reported)")
     args = ap.parse_args()
 
     work = args.work.resolve()
@@ -195,15 +199,20 @@ def main() -> None:
                        - rs0_bytes}}
 
         sb_out, rs_out = work / "restore-sellerbak", work / "restore-restic"
-        sbr = tools.sb(cfg, "restore", "latest", "--target", str(sb_out))
-        rsr = tools.restic("restic", "restore", "latest", "--target", str(rs_out))
-        identical = all(
-            (sb_out / p.relative_to(data)).read_bytes() == p.read_bytes()
-            for p in data.rglob("*.jsonl"))
-        results["restore"] = {"sellerbak": {**_strip(sbr), "identical_to_input": identical},
-                              "restic": _strip(rsr)}
-        shutil.rmtree(sb_out)
-        shutil.rmtree(rs_out)
+        sb_runs, rs_runs = [], []
+        identical = True
+        for _ in range(args.restores):
+            sb_runs.append(_strip(tools.sb(cfg, "restore", "latest", "--target", str(sb_out))))
+            rs_runs.append(_strip(tools.restic("restic", "restore", "latest", "--target",
+                                               str(rs_out))))
+            identical = identical and all(
+                (sb_out / p.relative_to(data)).read_bytes() == p.read_bytes()
+                for p in data.rglob("*.jsonl"))
+            shutil.rmtree(sb_out)
+            shutil.rmtree(rs_out)
+        results["restore"] = {"sellerbak": {**_median(sb_runs), "identical_to_input": identical,
+                                            "runs": sb_runs},
+                              "restic": {**_median(rs_runs), "runs": rs_runs}}
 
         scaling = []
         for n in [int(x) for x in args.scales.split(",") if x.strip()]:
@@ -227,6 +236,10 @@ def _strip(r: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in r.items() if k != "stdout"}
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {k: statistics.median(r[k] for r in runs) for k in ("seconds", "rss_mib")}
+
+
 def markdown(r: dict[str, Any]) -> str:
     n0, n1, rs = r["night0"], r["night1"], r["restore"]
     mb = 1024 * 1024
@@ -244,8 +257,9 @@ def markdown(r: dict[str, Any]) -> str:
         _row("night 1 snapshot, wall s", n1["sellerbak"]["seconds"], n1["restic"]["seconds"]),
         _row("night 1 added, MiB", n1["sellerbak"]["added_bytes"] / mb,
              n1["restic"]["added_bytes"] / mb),
-        _row("restore latest, wall s", rs["sellerbak"]["seconds"], rs["restic"]["seconds"]),
-        _row("restore latest, peak memory (PSS) MiB", rs["sellerbak"]["rss_mib"],
+        _row(f"restore latest, wall s (median of {len(rs['restic']['runs'])})",
+             rs["sellerbak"]["seconds"], rs["restic"]["seconds"]),
+        _row("restore latest, peak memory (PSS) MiB (median)", rs["sellerbak"]["rss_mib"],
              rs["restic"]["rss_mib"]),
         "",
         f"sellerbak's restore is byte-identical to the input: "

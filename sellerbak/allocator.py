@@ -33,11 +33,12 @@ def tune() -> bool:
     them."""
     if not sys.platform.startswith("linux"):
         return False
-    try:
+    try:  # a plain foreign call (no callbacks), so it also works under MemoryDenyWriteExecute
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        mallopt.restype = ctypes.c_int
+        arenas = mallopt(_M_ARENA_MAX, ARENAS)
+        threshold = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except Exception:  # noqa: BLE001 - not glibc, or no ctypes: the defaults stay
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, ARENAS)) & bool(mallopt(_M_MMAP_THRESHOLD,
-                                                               MMAP_THRESHOLD))
+    return bool(arenas) and bool(threshold)

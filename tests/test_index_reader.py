@@ -256,11 +256,47 @@ def test_reads_alternating_between_packs_take_one_request_per_pack(repo: Reposit
     assert len(counting.ranges) == 2
 
 
-def test_look_ahead_is_bounded_in_bytes(repo: Repository) -> None:
-    """The reader pulls ids ahead of what it hands out only as far as its windows allow: a
-    dataset of any size is read with bounded memory."""
+def _growing_round_robin(index: Index, blobs: list[tuple[bytes, bytes]]
+                         ) -> list[tuple[bytes, bytes]]:
+    """Blobs taken one from each group in turn, over a growing set of groups: every window
+    needs every group opened so far again, the worst case for what a reader keeps."""
+    groups: dict[int, list[tuple[bytes, bytes]]] = {}
+    for b in blobs:
+        groups.setdefault(index.fields(index.row(b[0]))[0], []).append(b)
+    active: list[list[tuple[bytes, bytes]]] = []
+    out = []
+    for members in groups.values():
+        active.append(members)
+        for a in active:
+            if a:
+                out.append(a.pop(0))
+    while any(active):
+        out.extend(a.pop(0) for a in active if a)
+    return out
+
+
+@pytest.mark.parametrize("order", ["stored", "growing round robin over groups"])
+def test_plaintext_held_is_bounded(repo: Repository, monkeypatch: pytest.MonkeyPatch,
+                                   order: str) -> None:
+    """The reader holds group plaintext only for the windows it planned ahead, and plans
+    ahead only while that stays under its budget: a dataset of any size, in any order, is
+    read with bounded memory (and the ids are pulled lazily, not all at once)."""
+    import weakref
+
+    from sellerbak.repository import packs
+
+    class Tracked(packs._Held):
+        live: weakref.WeakSet[Tracked] = weakref.WeakSet()
+
+        def __init__(self, *args: int) -> None:
+            super().__init__(*args)
+            Tracked.live.add(self)
+
+    monkeypatch.setattr(packs, "_Held", Tracked)
     index = Index()
-    stored = [b for pack in _write_packs(repo, index, 2, 200) for b in pack]
+    stored = [b for pack in _write_packs(repo, index, 2, 300) for b in pack]
+    if order != "stored":
+        stored = _growing_round_robin(index, stored)
     reader = ChunkReader(repo, index)
     reader.WINDOW_RAW, reader.WINDOWS = 2 * GROUP_RAW, 2
     group_plain = GROUP_RAW + 3000
@@ -272,13 +308,14 @@ def test_look_ahead_is_bounded_in_bytes(repo: Repository) -> None:
             pulled += 1
             yield blob_id
 
-    most_ahead = 0
+    most_held = most_ahead = 0
     for handed, plain in enumerate(reader.read(ids()), start=1):
         assert plain == stored[handed - 1][1]
-        most_ahead = max(most_ahead, (pulled - handed) * 3000)
-    # each window newly needs at most WINDOW_RAW plus one group of plaintext
-    assert most_ahead <= reader.WINDOWS * (reader.WINDOW_RAW + group_plain)
-    assert most_ahead > 0
+        most_held = max(most_held, sum(h.size for h in list(Tracked.live)))
+        most_ahead = max(most_ahead, pulled - handed)
+    budget = reader.WINDOWS * reader.WINDOW_RAW
+    assert 0 < most_held <= budget + reader.WINDOW_RAW + 2 * group_plain
+    assert most_ahead < len(stored) // 2
 
 
 def test_a_damaged_pack_is_refused(repo: Repository) -> None:
@@ -376,3 +413,42 @@ def test_stopping_early_leaves_no_request_running(repo: Repository) -> None:
     out.close()
     assert in_flight == 0
     assert list(reader.read(b for b, _ in blobs[::-1])) == [p for _, p in blobs[::-1]]
+
+
+# ------------------------------------------------------------------------ the pack writer
+
+
+def test_a_filling_pack_waits_on_disk_not_in_memory(repo: Repository) -> None:
+    """Sealed groups of the pack being filled go to a temporary file: a run's memory holds
+    the pack being uploaded, not also the next one filling up behind it."""
+    index = Index()
+    writer = PackWriter(repo, index)
+    blobs = []
+    try:
+        tracemalloc.start()
+        for _ in range(96):  # 12 MiB of incompressible chunks: less than one pack
+            plain = os.urandom(128 * 1024)
+            blobs.append((repo.chunk_id(plain), plain))
+            writer.add(blobs[-1][0], plain)
+            del plain
+        writer._submit_batch()
+        while writer._sealing:
+            writer._collect_one()
+        held, _peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        live = sum(len(p) for _, p in blobs)
+        assert held - live < 4 << 20
+        writer.flush()
+    finally:
+        tracemalloc.stop()
+        writer.close()
+    assert len(index.packs) == 1
+    assert list(ChunkReader(repo, index).read(b for b, _ in blobs)) == [p for _, p in blobs]
+
+
+def test_the_allocator_is_tuned_where_it_can_be() -> None:
+    import platform
+
+    from sellerbak import allocator
+
+    assert allocator.tune() is (platform.libc_ver()[0] == "glibc")

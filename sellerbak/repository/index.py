@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from sellerbak.crypto.envelope import Kind
 from sellerbak.errors import FormatError, IntegrityError, ObjectNotFoundError
-from sellerbak.repository.format import _ENTRY as ENTRY
+from sellerbak.repository.format import _ENTRY as ENTRY  # the entry layout, read in place
 from sellerbak.repository.format import (
     FORMAT_VERSION,
     INDEX_MAGIC,
@@ -44,6 +44,7 @@ from sellerbak.repository.repo import Repository, index_name, pack_name, parse_h
 
 ID_LEN = 32
 _EMPTY = -1
+_BYTEORDER = sys.byteorder  # of the table's hash: `array("Q")` words read in native order
 _FIRST_SLOTS = 1024
 
 
@@ -138,8 +139,18 @@ class Index:
         return self.row(blob_id) >= 0
 
     def row(self, blob_id: bytes) -> int:
-        """The row of `blob_id` (its first listing), or -1."""
-        return self._probe(blob_id)[0]
+        """The row of `blob_id` (its first listing), or -1. Linear probing from the slot its
+        first 8 bytes pick, comparing whole ids."""
+        slots, ids = self._slots, self._ids
+        mask = len(slots) - 1
+        slot = int.from_bytes(blob_id[:8], _BYTEORDER) & mask
+        while True:
+            row = slots[slot]
+            if row == _EMPTY:
+                return _EMPTY
+            if ids[row * ID_LEN: row * ID_LEN + ID_LEN] == blob_id:
+                return row
+            slot = (slot + 1) & mask
 
     def locate(self, blob_id: bytes) -> Location:
         row = self.row(blob_id)
@@ -163,23 +174,6 @@ class Index:
 
     def pack_id_of(self, group: int) -> bytes:
         return self._pack_ids[self.group_pack[group]]
-
-    def pack_of(self, group: int) -> PackInfo:
-        return self.packs[self._pack_ids[self.group_pack[group]]]
-
-    def _probe(self, blob_id: bytes) -> tuple[int, int]:
-        """(row, slot): the row holding `blob_id` and its slot, or (-1, the free slot where it
-        would go)."""
-        slots, ids = self._slots, self._ids
-        mask = len(slots) - 1
-        slot = int.from_bytes(blob_id[:8], sys.byteorder) & mask
-        while True:
-            row = slots[slot]
-            if row == _EMPTY:
-                return _EMPTY, slot
-            if ids[row * ID_LEN: row * ID_LEN + ID_LEN] == blob_id:
-                return row, slot
-            slot = (slot + 1) & mask
 
     # ----- adding ---------------------------------------------------------------------------
 

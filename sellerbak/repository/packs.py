@@ -2,8 +2,9 @@
 
 Writing: new blobs are compressed (zstd, with the dataset's dictionary when it has one) and
 sealed in worker threads, in batches (zstd releases the GIL, so both cores work), appended to the
-current pack, and a full pack is uploaded in the background while the next one fills. Packs are
-named by a random 32-byte id, so concurrent writers never collide and nothing is overwritten.
+current pack (filling in a temporary file), and a full pack is uploaded in the background while
+the next one fills. Packs are named by a random 32-byte id, so concurrent writers never collide
+and nothing is overwritten.
 
 Reading: `ChunkReader` hands out blobs in the order given, planning its range requests over a
 window of blobs ahead (by pack and offset, not in the order asked) and keeping the plaintext it
@@ -100,7 +101,11 @@ GROUP_RAW = 128 * 1024
 
 class PackWriter:
     """Accepts new blobs; seals them in groups; uploads them in packs; writes index objects for
-    uploaded packs."""
+    uploaded packs.
+
+    An uploaded pack goes into the in-memory index at once (its blobs are then known there,
+    in compact rows, rather than in a set of ids and a list of entry objects); the index
+    object that lists it follows every INDEX_EVERY_PACKS packs and at flush()."""
 
     def __init__(self, repo: Repository, index: Index, workers: int = 2,
                  upload_workers: int = 1, max_pending_batches: int = 8,
@@ -297,14 +302,16 @@ class _Held(_Gate):
     once fetched, its plaintext. Dropped when the last blob that needs it has been handed
     out."""
 
-    __slots__ = ("group", "offset", "length", "flags", "users", "check", "plain", "lines")
+    __slots__ = ("group", "offset", "length", "flags", "users", "check", "plain", "lines",
+                 "size")
 
-    def __init__(self, group: int, offset: int, length: int, flags: int) -> None:
+    def __init__(self, group: int, offset: int, length: int, flags: int, size: int) -> None:
         super().__init__()
         self.group = group
         self.offset = offset
         self.length = length
         self.flags = flags
+        self.size = size  # of its plaintext
         self.users = 0
         #: (blob id, start, end in the plaintext) of the blobs verified when it is opened
         self.check: list[tuple[bytes, int, int]] = []
@@ -329,9 +336,11 @@ class ChunkReader:
     requests and how many are in flight; a snapshot whose chunks alternate between the packs
     of several nights costs a few requests per window instead of one per pack switch.
 
-    Memory stays bounded whatever the dataset's size: at most WINDOWS windows are planned
-    ahead of the consumer, a group's plaintext is held only until its last wanted blob has
-    been handed out, and a group wanted again by a later window is shared, not fetched twice.
+    Memory stays bounded whatever the dataset's size: a group's plaintext is held only until
+    its last wanted blob has been handed out (a group wanted again by a later window is shared,
+    not fetched twice), and windows are planned ahead of the consumer only while the groups
+    held add up to less than WINDOWS windows' worth: at most WINDOWS * WINDOW_RAW plus one
+    window and one group.
     """
 
     #: plaintext of the groups a window newly needs (data compresses 5-10x, so bounding
@@ -339,7 +348,7 @@ class ChunkReader:
     WINDOW_RAW = 8 * 1024 * 1024
     #: blobs per window at most (tiny blobs would otherwise make the plan itself large)
     WINDOW_BLOBS = 4096
-    #: windows planned ahead of the consumer
+    #: windows planned ahead of the consumer (fewer when the groups held reach their worth)
     WINDOWS = 4
     #: sealed bytes of unwanted groups read through rather than starting another request
     MAX_GAP = 1024 * 1024
@@ -389,14 +398,16 @@ class ChunkReader:
         held: dict[int, _Held] = {}
         windows: deque[list[_Want]] = deque()
         tasks: list[Future[None]] = []
+        budget = [0]  # plaintext of the groups held (or being fetched)
         pool = (ThreadPoolExecutor(self.workers, thread_name_prefix="read-own") if own_pool
                 else self._shared_pool())
         try:
             more = True
             while True:
-                while more and len(windows) < self.WINDOWS:
+                while (more and len(windows) < self.WINDOWS
+                       and budget[0] < self.WINDOWS * self.WINDOW_RAW):
                     tasks = [t for t in tasks if not t.done()]
-                    window, more = self._plan_window(ids, btype, held, pool, tasks)
+                    window, more = self._plan_window(ids, btype, held, pool, tasks, budget)
                     if window:
                         windows.append(window)
                 if not windows:
@@ -420,6 +431,7 @@ class ChunkReader:
                     h.users -= 1
                     if not h.users:
                         del held[h.group]
+                        budget[0] -= h.size
                 if run is not None:
                     yield count, run.plain[run_start:run_end], lines
         finally:
@@ -431,10 +443,14 @@ class ChunkReader:
                 pool.shutdown()
 
     def _plan_window(self, ids: Iterator[bytes], btype: int, held: dict[int, _Held],
-                     pool: ThreadPoolExecutor, tasks: list[Future[None]]
+                     pool: ThreadPoolExecutor, tasks: list[Future[None]], budget: list[int]
                      ) -> tuple[list[_Want], bool]:
         """Look up the next window of blobs and start fetching the groups it newly needs;
-        returns the window and whether ids may remain."""
+        returns the window and whether ids may remain. `budget` counts the plaintext of all
+        groups held: a group stays held while a planned window still needs it (snapshots
+        whose chunks come from many nights' packs keep returning to groups opened long
+        before), so windows are planned only while the total is under WINDOWS windows'
+        worth."""
         index = self.index
         row_of, fields = index.row, index.fields
         window: list[_Want] = []
@@ -455,9 +471,11 @@ class ChunkReader:
             h = held.get(group)
             if h is None:
                 self._check_size(index.pack_id_of(group))
-                h = held[group] = _Held(group, index.group_offset[group], length, flags)
+                size = index.group_size[group]
+                h = held[group] = _Held(group, index.group_offset[group], length, flags, size)
                 new.append(h)
-                raw += index.group_size[group]
+                raw += size
+                budget[0] += size
             end = raw_offset + raw_len
             gate: _Gate
             if h.future is None:  # verified by the task that opens the group
