@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from sellerbak.errors import IntegrityError, SourceError, UsageError
-from sellerbak.records import parse_json, record_key
+from sellerbak.records import parse_line, record_key
 from sellerbak.repository.format import TYPE_REFLIST
 from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import ChunkRef, DatasetEntry, Manifest, parse_reflist
@@ -239,7 +239,7 @@ def _records(reader: ChunkReader, refs: list[ChunkRef], dataset: str,
                                  "records than its reference says")
         diff.chunks_read += 1
         for line in lines:
-            record = _parse(line, dataset)
+            record = parse_line(line, dataset)
             try:
                 key = record_key(record, dataset)
             except SourceError:
@@ -257,11 +257,3 @@ def _ids(reader: ChunkReader, entry: DatasetEntry, diff: DatasetDiff) -> Iterabl
         yield key
 
 
-def _parse(line: bytes, dataset: str) -> dict[str, Any]:
-    try:
-        record = parse_json(line)
-    except ValueError:
-        raise IntegrityError(f"dataset {dataset}: a stored record is not JSON") from None
-    if not isinstance(record, dict):
-        raise IntegrityError(f"dataset {dataset}: a stored record is not a JSON object")
-    return record
