@@ -8,19 +8,22 @@ What it does, in one run:
 2. Starts a SeaweedFS S3 server on loopback (tests/seaweed.py) and gives each tool its own
    prefix in one bucket.
 3. Night 0: `sellerbak snapshot` (a `files` source over the data directory) and
-   `restic backup` of the same directory: wall time, peak RSS, bytes stored.
+   `restic backup` of the same directory: wall time, peak PSS, bytes stored.
 4. Night 1: the files are replaced by the night-1 export (1 % of orders changed, 0.5 % new,
    about 2 % of products repriced, new statements and transactions) and both back up again:
    bytes each adds (measured in the bucket, so packs, indexes and manifests all count).
 5. Both restore the latest snapshot, --restores times each, taking turns (the machine's other
    load then weighs on both alike): median wall time and peak PSS; sellerbak's output is
    compared with the input byte for byte.
-6. For each of --scales: a fresh sellerbak snapshot of that shop size, peak RSS (to show that
-   memory does not grow with the shop).
+6. For each of --scales: a fresh snapshot of that shop size with each tool, then a full restore
+   of it: wall time and peak PSS (to show how both grow with the shop).
 
 Peak memory is the largest summed PSS (proportional set size) of the command's whole process
 tree (sellerbak runs its export in a forked worker process; PSS counts the pages they share
-once), sampled every 10 ms from /proc. Results go to stdout as Markdown
+once), sampled every 10 ms from /proc. Sampling slows the sampled command (see `run`), so in
+steps 3-5 every command runs twice: unsampled for its time, and sampled, into a twin
+repository with the same history, for its peak memory. The runs of step 6 are sampled only
+(their times are then a little slower for both tools). Results go to stdout as Markdown
 and to --json-out as JSON.
 """
 
@@ -87,31 +90,39 @@ def _tree_rss_kib(pid: int) -> int:
     return total
 
 
-def run(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """Run a command: wall seconds and the peak summed PSS (MiB) of its process tree,
-    sampled every 10 ms (ru_maxrss would carry this benchmark's own peak into forked
-    children, and would miss a command's helper processes)."""
+def run(argv: list[str], env: dict[str, str], cwd: Path, sample: bool) -> dict[str, Any]:
+    """Run a command: wall seconds and, if `sample`, the peak summed PSS (MiB) of its process
+    tree, sampled every 10 ms (ru_maxrss would carry this benchmark's own peak into forked
+    children, and would miss a command's helper processes).
+
+    Sampling reads /proc/PID/smaps_rollup, which walks the page tables under the process's
+    memory lock: on two cores that slows the measured command by up to a second. So times
+    come from runs that are not sampled, and peaks from separate sampled runs."""
+    # written data still being flushed to disk would slow whichever command runs next
+    os.sync()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     peak = 0
     stop = threading.Event()
 
-    def sample() -> None:
+    def sample_peak() -> None:
         nonlocal peak
         while not stop.is_set():
             peak = max(peak, _tree_rss_kib(proc.pid))
             stop.wait(0.01)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    sampler = threading.Thread(target=sample_peak, daemon=True)
+    if sample:
+        sampler.start()
     out_b, err_b = proc.communicate()
     wall = time.perf_counter() - start
     stop.set()
-    sampler.join()
+    if sample:
+        sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:3]} exited {proc.returncode}: {err_b.decode()[-2000:]}")
-    return {"seconds": round(wall, 2), "rss_mib": round(peak / 1024, 1),
+    return {"seconds": round(wall, 2), "rss_mib": round(peak / 1024, 1) if sample else None,
             "stdout": out_b.decode()}
 
 
@@ -139,19 +150,34 @@ class Tools:
         cfg.write_text(json.dumps({
             "repository": {"url": f"s3://{BUCKET}/{name}", "endpoint_url":
                            self.server.endpoint_url, "region": "us-east-1"},
-            "state_dir": str(self.work / "state"),
+            "state_dir": str(self.work / f"state-{name}"),
             "sources": [{"name": "shop", "type": "files", "path": str(data)}],
         }))
-        run([*self.sellerbak, "-c", str(cfg), "init"], self.env, self.work)
+        run([*self.sellerbak, "-c", str(cfg), "init"], self.env, self.work, False)
         return cfg
 
-    def sb(self, cfg: Path, *args: str) -> dict[str, Any]:
-        return run([*self.sellerbak, "-q", "-c", str(cfg), *args], self.env, self.work)
+    def sb(self, cfg: Path, *args: str, sample: bool = False) -> dict[str, Any]:
+        return run([*self.sellerbak, "-q", "-c", str(cfg), *args], self.env, self.work,
+                   sample)
 
-    def restic(self, name: str, *args: str) -> dict[str, Any]:
+    def restic(self, name: str, *args: str, sample: bool = False) -> dict[str, Any]:
         repo = f"s3:{self.server.endpoint_url}/{BUCKET}/{name}"
         return run(["restic", "-q", "-r", repo, "-o", "s3.bucket-lookup=path", *args],
-                   self.env, self.work)
+                   self.env, self.work, sample)
+
+    @staticmethod
+    def twin(cfg: Path) -> Path:
+        return cfg.with_name(cfg.stem + "-mem.yaml")
+
+    def both(self, cfg: Path, restic_repo: str, sb_args: list[str], restic_args: list[str]
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Each tool once unsampled (its time) into the named repository, then once sampled
+        (its peak memory) into a twin repository holding the same history."""
+        sb = _strip(self.sb(cfg, *sb_args))
+        rs = _strip(self.restic(restic_repo, *restic_args))
+        sb["rss_mib"] = self.sb(self.twin(cfg), *sb_args, sample=True)["rss_mib"]
+        rs["rss_mib"] = self.restic(restic_repo + "-mem", *restic_args, sample=True)["rss_mib"]
+        return sb, rs
 
 
 def main() -> None:
@@ -180,36 +206,41 @@ def main() -> None:
         server.client().create_bucket(Bucket=BUCKET)
         tools = Tools(work, server)
         cfg = tools.sellerbak_config("sellerbak", data)
+        tools.sellerbak_config("sellerbak-mem", data)
         tools.restic("restic", "init")
+        tools.restic("restic-mem", "init")
 
-        sb0 = tools.sb(cfg, "snapshot")
-        sb0_bytes = prefix_bytes(server, "sellerbak")
-        rs0 = tools.restic("restic", "backup", "data")
-        rs0_bytes = prefix_bytes(server, "restic")
-        results["night0"] = {"sellerbak": {**_strip(sb0), "stored_bytes": sb0_bytes},
-                             "restic": {**_strip(rs0), "stored_bytes": rs0_bytes}}
+        sb0, rs0 = tools.both(cfg, "restic", ["snapshot"], ["backup", "data"])
+        sb0_bytes, rs0_bytes = prefix_bytes(server, "sellerbak"), prefix_bytes(server, "restic")
+        results["night0"] = {"sellerbak": {**sb0, "stored_bytes": sb0_bytes},
+                             "restic": {**rs0, "stored_bytes": rs0_bytes}}
 
         results["data_bytes_night1"] = export_demo(args.orders, 1, data)
-        sb1 = tools.sb(cfg, "snapshot")
-        rs1 = tools.restic("restic", "backup", "data")
+        sb1, rs1 = tools.both(cfg, "restic", ["snapshot"], ["backup", "data"])
         results["night1"] = {
-            "sellerbak": {**_strip(sb1), "added_bytes": prefix_bytes(server, "sellerbak")
+            "sellerbak": {**sb1, "added_bytes": prefix_bytes(server, "sellerbak")
                           - sb0_bytes},
-            "restic": {**_strip(rs1), "added_bytes": prefix_bytes(server, "restic")
-                       - rs0_bytes}}
+            "restic": {**rs1, "added_bytes": prefix_bytes(server, "restic") - rs0_bytes}}
 
         sb_out, rs_out = work / "restore-sellerbak", work / "restore-restic"
         sb_runs, rs_runs = [], []
         identical = True
+        sb_restore = ["restore", "latest", "--target", str(sb_out)]
+        rs_restore = ["restore", "latest", "--target", str(rs_out)]
         for _ in range(args.restores):
-            sb_runs.append(_strip(tools.sb(cfg, "restore", "latest", "--target", str(sb_out))))
-            rs_runs.append(_strip(tools.restic("restic", "restore", "latest", "--target",
-                                               str(rs_out))))
+            sb_run = _strip(tools.sb(cfg, *sb_restore))
+            rs_run = _strip(tools.restic("restic", *rs_restore))
             identical = identical and all(
                 (sb_out / p.relative_to(data)).read_bytes() == p.read_bytes()
                 for p in data.rglob("*.jsonl"))
             shutil.rmtree(sb_out)
             shutil.rmtree(rs_out)
+            sb_run["rss_mib"] = tools.sb(tools.twin(cfg), *sb_restore, sample=True)["rss_mib"]
+            rs_run["rss_mib"] = tools.restic("restic-mem", *rs_restore, sample=True)["rss_mib"]
+            shutil.rmtree(sb_out)
+            shutil.rmtree(rs_out)
+            sb_runs.append(sb_run)
+            rs_runs.append(rs_run)
         results["restore"] = {"sellerbak": {**_median(sb_runs), "identical_to_input": identical,
                                             "runs": sb_runs},
                               "restic": {**_median(rs_runs), "runs": rs_runs}}
@@ -219,12 +250,22 @@ def main() -> None:
             scale_data = work / f"data-{n}"
             size = export_demo(n, 0, scale_data)
             scfg = tools.sellerbak_config(f"scale-{n}", scale_data)
-            snap = tools.sb(scfg, "snapshot")
-            rest = tools.restic(f"restic-scale-{n}", "init")
-            rest = tools.restic(f"restic-scale-{n}", "backup", str(scale_data.name))
-            scaling.append({"orders": n, "data_bytes": size,
-                            "sellerbak": _strip(snap), "restic": _strip(rest)})
+            snap = tools.sb(scfg, "snapshot", sample=True)
+            tools.restic(f"restic-scale-{n}", "init")
+            rest = tools.restic(f"restic-scale-{n}", "backup", str(scale_data.name),
+                                sample=True)
             shutil.rmtree(scale_data)
+            sb_out, rs_out = work / f"restore-{n}-sellerbak", work / f"restore-{n}-restic"
+            snap_restore = tools.sb(scfg, "restore", "latest", "--target", str(sb_out),
+                                    sample=True)
+            rest_restore = tools.restic(f"restic-scale-{n}", "restore", "latest", "--target",
+                                        str(rs_out), sample=True)
+            shutil.rmtree(sb_out)
+            shutil.rmtree(rs_out)
+            scaling.append({"orders": n, "data_bytes": size,
+                            "sellerbak": _strip(snap), "restic": _strip(rest),
+                            "sellerbak_restore": _strip(snap_restore),
+                            "restic_restore": _strip(rest_restore)})
         results["scaling"] = scaling
 
     if args.json_out:
@@ -266,12 +307,18 @@ def markdown(r: dict[str, Any]) -> str:
         f"{rs['sellerbak']['identical_to_input']}",
     ]
     if r.get("scaling"):
-        lines += ["", "| orders | JSONL MiB | sellerbak snapshot s | sellerbak peak PSS MiB | "
-                  "restic backup s | restic peak PSS MiB |", "|---|---|---|---|---|---|"]
+        lines += ["", "A fresh repository per shop size: a full snapshot, then a full restore "
+                  "of it.", "",
+                  "| orders | JSONL MiB | snapshot s: sellerbak / restic | snapshot peak PSS "
+                  "MiB: sellerbak / restic | restore s: sellerbak / restic | restore peak PSS "
+                  "MiB: sellerbak / restic |", "|---|---|---|---|---|---|"]
         for s in r["scaling"]:
+            sr, rr = s["sellerbak_restore"], s["restic_restore"]
             lines.append(f"| {s['orders']:,} | {s['data_bytes'] / mb:.0f} | "
-                         f"{s['sellerbak']['seconds']} | {s['sellerbak']['rss_mib']} | "
-                         f"{s['restic']['seconds']} | {s['restic']['rss_mib']} |")
+                         f"{s['sellerbak']['seconds']} / {s['restic']['seconds']} | "
+                         f"{s['sellerbak']['rss_mib']} / {s['restic']['rss_mib']} | "
+                         f"{sr['seconds']} / {rr['seconds']} | "
+                         f"{sr['rss_mib']} / {rr['rss_mib']} |")
     return "\n".join(lines)
 
 

@@ -20,7 +20,6 @@ import heapq
 import json
 import math
 import os
-import re
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -67,26 +66,33 @@ def record_key(record: Any, dataset: str) -> str:
 
 
 #: an integer orjson would read as a float (below -2^63, or above 2^64 - 1), losing digits: a
-#: number token of 20 digits, or 19 after a minus sign. Found by plain substring searches on
-#: the text with every digit mapped to `d` (a regex here doubled the cost of parsing a line).
-_DIGITS_B = bytes.maketrans(b"0123456789", b"dddddddddd")
-_DIGITS_S = str.maketrans("0123456789", "dddddddddd")
-_WIDE_B = re.compile(rb"[:,\[\s](?:d{20}|-d{19})")
-_WIDE_S = re.compile(r"[:,\[\s](?:d{20}|-d{19})")
-_HEADS = ("d" * 20, "-" + "d" * 19)
-_HEADS_B = tuple(h.encode() for h in _HEADS)
+#: number token of 20 digits, or 19 after a minus sign. A number token starts the document or
+#: follows one of `:,[` or JSON whitespace, so the text is translated (every digit to `d`, each
+#: of those characters to NUL) and searched for two plain substrings. Digits inside strings
+#: (tracking numbers, ids) follow a quote or a letter and do not match; a regex here doubled
+#: the cost of parsing a line, and searching for bare runs of 20 digits matched most orders.
+_DIGITS = b"0123456789"
+_BEFORE_NUMBER = b":,[ \t\n\r"
+_WIDE_TABLE_B = bytes.maketrans(_DIGITS + _BEFORE_NUMBER,
+                                b"d" * len(_DIGITS) + b"\0" * len(_BEFORE_NUMBER))
+_WIDE_TABLE_S = str.maketrans(_DIGITS.decode() + _BEFORE_NUMBER.decode(),
+                              "d" * len(_DIGITS) + "\0" * len(_BEFORE_NUMBER))
+_WIDE_S = ("\0" + "d" * 20, "\0-" + "d" * 19)
+_WIDE_B = tuple(w.encode() for w in _WIDE_S)
+_WIDE_HEAD_S = tuple(w[1:] for w in _WIDE_S)
+_WIDE_HEAD_B = tuple(w[1:] for w in _WIDE_B)
 
 
-def _may_hold_wide_int(data: bytes | str) -> bool:
+def may_hold_wide_int(data: bytes | str) -> bool:
     """True if the text may hold an integer token beyond 64 bits (false positives only cost
-    speed: the standard library then parses the line)."""
+    speed: the standard library then parses the line). Works on many lines at once too."""
     if isinstance(data, bytes):
-        text = data.translate(_DIGITS_B)
-        return ((_HEADS_B[0] in text or _HEADS_B[1] in text)
-                and (text.startswith(_HEADS_B) or _WIDE_B.search(text) is not None))
-    text_s = data.translate(_DIGITS_S)
-    return ((_HEADS[0] in text_s or _HEADS[1] in text_s)
-            and (text_s.startswith(_HEADS) or _WIDE_S.search(text_s) is not None))
+        text = data.translate(_WIDE_TABLE_B)
+        return (_WIDE_B[0] in text or _WIDE_B[1] in text
+                or text.startswith(_WIDE_HEAD_B))
+    text_s = data.translate(_WIDE_TABLE_S)
+    return (_WIDE_S[0] in text_s or _WIDE_S[1] in text_s
+            or text_s.startswith(_WIDE_HEAD_S))
 
 
 def _finite_float(text: str) -> float:
@@ -96,14 +102,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def parse_json(data: bytes | str) -> Any:
+def parse_json(data: bytes | str, *, narrow: bool = False) -> Any:
     """Parse one JSON document exactly, or raise ValueError (UnicodeDecodeError included).
 
     NaN and Infinity are refused (they are not JSON), and so are numbers beyond a double's
     range (the canonical form could not hold them). orjson reads integers beyond 64 bits as
     floats, silently dropping digits, so a document that may hold one goes to the standard
-    library instead (text inside a string that looks like one only costs speed)."""
-    if not _may_hold_wide_int(data):
+    library instead (text inside a string that looks like one only costs speed). `narrow`:
+    the caller has already found, with `may_hold_wide_int` over a block of lines, that there
+    is no such integer."""
+    if narrow or not may_hold_wide_int(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -126,14 +134,59 @@ def parse_line(line: bytes, dataset: str = "?") -> dict[str, Any]:
     return record
 
 
+def encode_record(record: dict[str, Any], dataset: str) -> Line:
+    """A source's record as the engine carries it: (its id, its canonical line)."""
+    try:
+        line = canonical_line(record)
+    except (TypeError, ValueError) as exc:
+        raise SourceError(f"dataset {dataset}: a record is not valid JSON data ({exc})") \
+            from None
+    return record_key(record, dataset), line
+
+
 def encode_records(records: Iterable[dict[str, Any]], dataset: str) -> Iterator[Line]:
     for record in records:
-        try:
-            line = canonical_line(record)
-        except (TypeError, ValueError) as exc:
-            raise SourceError(f"dataset {dataset}: a record is not valid JSON data ({exc})") \
-                from None
-        yield record_key(record, dataset), line
+        yield encode_record(record, dataset)
+
+
+def _has_exponent(line: bytes) -> bool:
+    """Whether a canonical line holds "e+" (how orjson writes every exponent). Found through
+    the "+" signs (memchr, which is several times faster than a substring search)."""
+    i = line.find(b"+")
+    while i > 0:
+        if line[i - 1] == 0x65:  # "e"
+            return True
+        i = line.find(b"+", i + 1)
+    return False
+
+
+def encode_text(text: bytes, dataset: str) -> Line | None:
+    """One JSON text (a line of an export file) as (id, canonical line); None if the text is
+    not a JSON object; ValueError if it is not JSON at all.
+
+    Exact, and cheaper than `parse_json` then `encode_record`: orjson parses first, unchecked.
+    An integer it could not hold (beyond 64 bits) comes back as a float of magnitude 2^63 or
+    more, which the canonical form always writes with an exponent (`1.8446744073709552e+19`);
+    only a line whose canonical form holds "e+" is checked for such an integer, and re-read
+    exactly if it may hold one."""
+    # the hot loop of a files snapshot: orjson called directly, the general paths only on
+    # what it refuses
+    try:
+        record = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        record = parse_json(text)  # the stdlib decides, and says why
+    if not isinstance(record, dict):
+        return None
+    try:
+        line = orjson.dumps(record, option=_ORJSON_OPTS)
+    except orjson.JSONEncodeError:
+        return encode_record(record, dataset)
+    if _has_exponent(line) and may_hold_wide_int(text):
+        return encode_record(parse_json(text), dataset)
+    rid = record.get("id")
+    if type(rid) is str and rid:
+        return rid, line
+    return record_key(record, dataset), line
 
 
 class OutOfOrderError(SourceError):

@@ -61,7 +61,9 @@ def _export(directory: Path) -> dict[str, list[dict[str, Any]]]:
     """Every dataset of a files source, through the engine's encode and sort, as records."""
     out: dict[str, list[dict[str, Any]]] = {}
     for export in FilesSource("files", directory).export({}, True):
-        lines = sort_records(encode_records(export.records, export.name), export.name)
+        encoded = export.records if export.encoded else encode_records(export.records,
+                                                                       export.name)
+        lines = sort_records(encoded, export.name)
         out[export.name] = [parse_json(line) for _key, line in lines]
     return out
 
@@ -190,6 +192,66 @@ def test_jsonl_targeted_lines(exports: Path, line: str) -> None:
     if got is not None:
         for record in got["d"]:
             assert _strict(parse_json(canonical_line(record))) == _strict(record)
+
+
+@pytest.mark.parametrize("spacing", ["", " ", "\t", "\r "])
+def test_wide_integers_anywhere_in_a_large_file_keep_every_digit(
+        exports: Path, monkeypatch: pytest.MonkeyPatch, spacing: str) -> None:
+    """Lines are read and checked for integers beyond 64 bits a block at a time: a wide
+    integer in any block, in any position (first in a line, after a comma, a colon or a
+    bracket, split across two blocks), still reaches the record exactly. Digit runs inside
+    strings stay strings."""
+    from sellerbak.backup.exporters import files
+
+    monkeypatch.setattr(files, "BLOCK", 4096)
+    big, small = 2**64, -(2**63) - 1
+    lines = []
+    for i in range(2000):
+        value = (f'{{"id":"r{i:05d}",{spacing}"v":{spacing}{big + i},"w":[{spacing}{small - i}]}}'
+                 if i % 97 == 0 else
+                 f'{{"id":"r{i:05d}","t":"{"9" * 22}","v":{i}}}')
+        lines.append(value)
+    (exports / "d.jsonl").write_text("\n".join(lines))  # the last line has no line break
+    got = {r["id"]: r for r in _export(exports)["d"]}
+    assert len(got) == 2000
+    for i in range(0, 2000, 97):
+        assert got[f"r{i:05d}"]["v"] == big + i and type(got[f"r{i:05d}"]["v"]) is int
+        assert got[f"r{i:05d}"]["w"] == [small - i]
+    assert got["r00001"] == {"id": "r00001", "t": "9" * 22, "v": 1}
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64, -(2**63) - 1, 10**20, -(10**30), 10**300])
+def test_an_integer_read_as_a_float_shows_an_exponent_in_the_canonical_form(value: int) -> None:
+    """encode_text re-reads a line exactly only when its canonical form holds "e+": that is
+    how orjson writes every float of magnitude 2^63 or more, which is what it makes of an
+    integer it cannot hold. Should orjson ever write them otherwise, this fails."""
+    import orjson
+
+    from sellerbak.records import encode_text
+
+    assert b"e+" in canonical_line({"x": float(value)})
+    assert orjson.loads(str(value)) == float(value)  # still read as a float, digits lost
+    text = f'{{"id":"a","x":{value},"y":[{value}]}}'.encode()
+    assert encode_text(text, "d") == ("a", canonical_line({"id": "a", "x": value,
+                                                            "y": [value]}))
+    assert encode_text(f'{{"id":{value}}}'.encode(), "d") == (str(value),
+                                                             canonical_line({"id": value}))
+
+
+@pytest.mark.parametrize("text", ["12345678901234567890", " -1234567890123456789",
+                                  '{"a":[1,\n18446744073709551616]}', "[ 99999999999999999999]"])
+def test_wide_integer_tokens_are_found(text: str) -> None:
+    from sellerbak.records import may_hold_wide_int
+
+    assert may_hold_wide_int(text) and may_hold_wide_int(text.encode())
+
+
+@pytest.mark.parametrize("text", ["1234567890123456789", "-123456789012345678",
+                                  '{"a":"12345678901234567890123","b":1.5}', '{"a":-1,"b":[2]}'])
+def test_narrow_texts_are_passed_to_the_fast_parser(text: str) -> None:
+    from sellerbak.records import may_hold_wide_int
+
+    assert not may_hold_wide_int(text) and not may_hold_wide_int(text.encode())
 
 
 @pytest.mark.parametrize("name", ["d.jsonl", "d.csv", "orders.csv"])

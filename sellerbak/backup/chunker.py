@@ -24,6 +24,9 @@ class Chunk:
     records: int
     first_key: str
     last_key: str
+    #: its keyed id, when the export process already computed it (spreading the hashing
+    #: over both processes)
+    chunk_id: bytes | None = None
 
 
 class Chunker:

@@ -11,7 +11,6 @@ read back only to extend the dataset's SHA-256), and only the chunks around chan
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import secrets
 import socket
@@ -26,6 +25,7 @@ from zstandard import ZstdCompressionDict, ZstdError, train_dictionary
 from sellerbak import __version__
 from sellerbak.backup.chunker import Chunk, Chunker
 from sellerbak.backup.exporters.base import Source
+from sellerbak.backup.streamhash import StreamHash
 from sellerbak.backup.worker import ChunkerParams, ExportStream, RemoteDataset, Restart
 from sellerbak.errors import IntegrityError, SourceError
 from sellerbak.progress import SilentProgress
@@ -130,7 +130,7 @@ class _DatasetBuilder:
         self.zdict = zdict
         self.chunker = Chunker(repo.chunker_key, repo.chunk_target, repo.chunk_max)
         self.reflist = _RefListWriter(repo, writer)
-        self.hasher = hashlib.sha256()
+        self.hasher = StreamHash()
         self._pending: list[bytes] = []
         self._pending_size = 0
         self.chunks = 0
@@ -155,7 +155,7 @@ class _DatasetBuilder:
         self.reflist.finish(self.last_key)
 
     def _emit(self, chunk: Chunk) -> None:
-        cid = self.repo.chunk_id(chunk.data)
+        cid = chunk.chunk_id or self.repo.chunk_id(chunk.data)
         self.writer.add(cid, chunk.data, TYPE_CHUNK, self.zdict)
         self._account(ChunkRef(cid, chunk.records, len(chunk.data), chunk.first_key,
                                chunk.last_key), chunk.data)
@@ -183,7 +183,9 @@ class _DatasetBuilder:
         self.progress.records(ref.records)
 
     def entry(self, export: RemoteDataset, dict_id: bytes | None) -> DatasetEntry:
-        return DatasetEntry(export.name, self.records, self.bytes, self.hasher.hexdigest(),
+        sha256 = self.hasher.hexdigest()
+        self.hasher.close()
+        return DatasetEntry(export.name, self.records, self.bytes, sha256,
                             self.chunks, self.reflist.refs, dict_id, export.cursor,
                             export.complete, export.problem, dict(export.meta))
 
@@ -226,7 +228,7 @@ class SnapshotRun:
         writer = PackWriter(self.repo, self.index, on_upload=self.progress.uploaded)
         datasets: dict[str, DatasetEntry] = {}
         chunking = ChunkerParams(self.repo.chunker_key, self.repo.chunk_target,
-                                 self.repo.chunk_max)
+                                 self.repo.chunk_max, self.repo.id_key)
         stream = ExportStream(source, cursors, full, chunking, self.tmpdir)
         try:
             for export in stream.datasets():

@@ -24,17 +24,25 @@ from __future__ import annotations
 
 import errno
 import gc
+import hmac
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 from sellerbak import errors
 from sellerbak.backup.chunker import Chunk, Chunker
@@ -49,7 +57,7 @@ from sellerbak.records import (
 )
 
 log = logging.getLogger(__name__)
-BATCH_BYTES = 1 << 20
+BATCH_BYTES = 256 << 10
 BATCH_LINES = 8192
 
 
@@ -57,8 +65,12 @@ class Restart(Exception):
     """The dataset's records start over from the top (now sorted)."""
 
 
+def _encoded(export: DatasetExport, records: Iterable[Any]) -> Iterator[Line]:
+    return iter(records) if export.encoded else encode_records(records, export.name)
+
+
 def _lines_of(export: DatasetExport, tmpdir: str | None) -> Iterator[Line]:
-    encoded = encode_records(export.records, export.name)
+    encoded = _encoded(export, export.records)
     if export.sorted or export.reopen is not None:
         return require_sorted(encoded, export.name)
     return sort_records(encoded, export.name, tmpdir)
@@ -69,6 +81,9 @@ class ChunkerParams:
     key: bytes
     target: int
     maximum: int
+    #: the repository's chunk-id key: the export process computes each chunk's id, which
+    #: takes that hashing off the busier parent
+    id_key: bytes
 
 
 def produce(source: Source, cursors: dict[str, Any], full: bool, tmpdir: str | None,
@@ -87,7 +102,7 @@ def produce(source: Source, cursors: dict[str, Any], full: bool, tmpdir: str | N
                 if export.reopen is None:
                     raise
                 yield ("restart",)
-                yield from batches(sort_records(encode_records(export.reopen(), export.name),
+                yield from batches(sort_records(_encoded(export, export.reopen()),
                                                 export.name, tmpdir))
             yield ("end", export.cursor, export.complete, export.problem, dict(export.meta))
         yield ("done",)
@@ -108,23 +123,28 @@ def produce(source: Source, cursors: dict[str, Any], full: bool, tmpdir: str | N
 
 
 def _chunk_batches(params: ChunkerParams, lines: Iterator[Line]
-                   ) -> Iterator[tuple[str, list[tuple[bytes, int, str, str]]]]:
+                   ) -> Iterator[tuple[str, list[tuple[bytes, int, str, str, bytes]]]]:
     chunker = Chunker(params.key, params.target, params.maximum)
-    batch: list[tuple[bytes, int, str, str]] = []
+    batch: list[tuple[bytes, int, str, str, bytes]] = []
     size = 0
     for key, line in lines:
         chunk = chunker.feed(key, line)
         if chunk is not None:
-            batch.append((chunk.data, chunk.records, chunk.first_key, chunk.last_key))
+            batch.append(_chunk_item(params, chunk))
             size += len(chunk.data)
             if size >= BATCH_BYTES:
                 yield ("chunks", batch)
                 batch, size = [], 0
     chunk = chunker.flush()
     if chunk is not None:
-        batch.append((chunk.data, chunk.records, chunk.first_key, chunk.last_key))
+        batch.append(_chunk_item(params, chunk))
     if batch:
         yield ("chunks", batch)
+
+
+def _chunk_item(params: ChunkerParams, chunk: Chunk) -> tuple[bytes, int, str, str, bytes]:
+    return (chunk.data, chunk.records, chunk.first_key, chunk.last_key,
+            hmac.digest(params.id_key, chunk.data, "sha256"))
 
 
 def _line_batches(lines: Iterator[Line]) -> Iterator[tuple[str, list[Line]]]:
@@ -162,6 +182,75 @@ def _stop_quietly(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+#: room for one whole batch message in the pipe (Linux's default is 64 KiB: a 1 MiB message
+#: then takes 16 rounds of the export process waiting for this one to read)
+PIPE_BYTES = 1 << 20
+
+
+def _widen_pipe(conn: Connection) -> None:
+    """Give the pipe room for a whole message where the system allows it (Linux: up to
+    /proc/sys/fs/pipe-max-size, 1 MiB by default); elsewhere, or if refused, it stays as is."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if set_size is None:
+        return
+    for size in (PIPE_BYTES, BATCH_BYTES):
+        try:
+            fcntl.fcntl(conn.fileno(), set_size, size)
+            return
+        except OSError:
+            continue
+
+
+#: messages received ahead of the snapshot engine (at most this many times BATCH_BYTES)
+QUEUE_MESSAGES = 32
+_EOF = ("eof",)
+
+
+class _Pump:
+    """Reads the export's messages into a bounded queue on a thread of its own.
+
+    Why: a pipe holds at most 1 MiB, so without it the export process stalls whenever this
+    process is briefly busy elsewhere (training a dictionary, waiting for the GIL), and each
+    process spends a good part of the run waiting for the other. Reading releases the GIL."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=QUEUE_MESSAGES)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="export-pump", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                message = _EOF
+            while True:
+                try:
+                    self._queue.put(message, timeout=0.1)
+                    break
+                except queue.Full:
+                    if self._stopping.is_set():
+                        return
+            if message is _EOF:
+                return
+
+    def messages(self) -> Iterator[tuple[Any, ...]]:
+        while True:
+            message = self._queue.get()
+            if message is _EOF:
+                raise SourceError("the export process ended unexpectedly")
+            yield message
+
+    def stop(self) -> None:
+        """Called once the export process is gone (the pipe then reads as ended)."""
+        self._stopping.set()
+        self._thread.join(timeout=5)
+
+
 class ExportStream:
     """The parent's view of a running export: datasets one after another."""
 
@@ -174,6 +263,7 @@ class ExportStream:
         if _can_fork():
             ctx = multiprocessing.get_context("fork")
             parent, child = ctx.Pipe(duplex=False)
+            _widen_pipe(child)
             self._proc = ctx.Process(target=_child,
                                      args=(child, parent, source, cursors, full, tmpdir,
                                            chunking),
@@ -185,17 +275,12 @@ class ExportStream:
             self._proc.start()
             child.close()
             self._conn = parent
-            self._messages: Iterator[tuple[Any, ...]] = self._receive()
+            self._pump: _Pump | None = _Pump(parent)
+            self._pump.start()
+            self._messages: Iterator[tuple[Any, ...]] = self._pump.messages()
         else:
+            self._pump = None
             self._messages = produce(source, cursors, full, tmpdir, chunking)
-
-    def _receive(self) -> Iterator[tuple[Any, ...]]:
-        assert self._conn is not None
-        while True:
-            try:
-                yield self._conn.recv()
-            except EOFError:
-                raise SourceError("the export process ended unexpectedly") from None
 
     def _next(self) -> tuple[Any, ...]:
         message = next(self._messages)
@@ -224,8 +309,6 @@ class ExportStream:
             dataset.drain()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
         if self._proc is not None:
             if not self._ended:  # interrupted or failed here: stop the export now
                 self._proc.terminate()
@@ -234,6 +317,10 @@ class ExportStream:
                 self._proc.kill()
                 self._proc.join()
             gc.unfreeze()
+        if self._pump is not None:  # the export's end of the pipe is closed: it stops
+            self._pump.stop()
+        if self._conn is not None:
+            self._conn.close()
 
 
 class RemoteDataset:

@@ -15,13 +15,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from sellerbak.records import Line
+
 Record = dict[str, Any]
 
 
 @dataclass
 class DatasetExport:
     name: str
-    records: Iterable[Record]
+    #: the records, or (with `encoded`) their canonical lines
+    records: Iterable[Record] | Iterable[Line]
     mode: Literal["full", "changes"] = "full"
     #: ids removed since the cursor (only meaningful with mode="changes")
     deleted_ids: Iterable[str] = ()
@@ -39,7 +42,11 @@ class DatasetExport:
     #: a way to read the records again from the start. With it the engine first assumes the
     #: records are sorted (the common case for export files) and only sorts, re-reading, if
     #: they turn out not to be; without it, unsorted input is sorted on the way in.
-    reopen: Callable[[], Iterable[Record]] | None = None
+    reopen: Callable[[], Iterable[Record] | Iterable[Line]] | None = None
+    #: `records` (and what `reopen` gives) are already (id, canonical line) pairs, as
+    #: `records.encode_records` makes them: a source that parses JSON text encodes as it goes
+    #: (`records.encode_text`), which lets it check exactness on the canonical form cheaply
+    encoded: bool = False
 
 
 class Source(Protocol):

@@ -23,10 +23,11 @@ from typing import IO, Any
 from sellerbak.backup.exporters import sellercenter
 from sellerbak.backup.exporters.base import DatasetExport, Record
 from sellerbak.errors import SourceError
-from sellerbak.records import parse_json
+from sellerbak.records import Line, encode_text
 
 SUFFIXES = (".jsonl", ".csv")
 MAX_LINE = 64 * 1024 * 1024
+BLOCK = 1 << 20
 SELLER_CENTER_SUFFIXES = (".csv", ".xlsx")
 
 
@@ -69,8 +70,8 @@ class FilesSource:
                 yield DatasetExport(name, _read_csv(file, self.path), meta={"columns": columns},
                                     reopen=partial(_read_csv, file, self.path))
             else:
-                yield DatasetExport(name, _read_jsonl(file, self.path),
-                                    reopen=partial(_read_jsonl, file, self.path))
+                yield DatasetExport(name, _read_jsonl(file, self.path, name), encoded=True,
+                                    reopen=partial(_read_jsonl, file, self.path, name))
         for name, files in sorted(self.seller_center.items()):
             yield sellercenter.export(name, files)
 
@@ -101,21 +102,55 @@ def bounded_lines(fh: IO[Any], label: str) -> Iterator[Any]:
         yield line
 
 
-def _read_jsonl(file: Path, root: Path) -> Iterator[Record]:
+def jsonl_blocks(fh: IO[bytes], label: str) -> Iterator[list[bytes]]:
+    """The lines of an open binary file, without their line breaks, a block of about BLOCK
+    bytes at a time (splitting a block is much cheaper than reading line by line). A line
+    longer than MAX_LINE is refused as soon as that is known; memory stays bounded by it."""
+    pending: list[bytes] = []
+    pending_len = 0
+    while block := fh.read(BLOCK):
+        if b"\n" not in block:
+            pending.append(block)
+            pending_len += len(block)
+            if pending_len > MAX_LINE:
+                raise SourceError(f"{label}: a line is longer than {MAX_LINE} bytes")
+            continue
+        if pending:
+            pending.append(block)
+            block = b"".join(pending)
+            pending, pending_len = [], 0
+        lines = block.split(b"\n")
+        tail = lines.pop()
+        if max(map(len, lines)) >= MAX_LINE:  # counting its line break
+            raise SourceError(f"{label}: a line is longer than {MAX_LINE} bytes")
+        yield lines
+        if tail:
+            pending, pending_len = [tail], len(tail)
+    if pending:
+        last = b"".join(pending)
+        if len(last) > MAX_LINE:
+            raise SourceError(f"{label}: a line is longer than {MAX_LINE} bytes")
+        yield [last]
+
+
+def _read_jsonl(file: Path, root: Path, dataset: str) -> Iterator[Line]:
     label = str(file.relative_to(root))
+    n = 0
     with read_errors(label, file), open(file, "rb") as fh:
-            for n, line in enumerate(bounded_lines(fh, label), 1):
-                if not line.strip():
+        for lines in jsonl_blocks(fh, label):
+            for line in lines:
+                n += 1
+                if not line or line.isspace():
                     continue
                 try:
-                    record = parse_json(line)
+                    encoded = encode_text(line, dataset)
                 except UnicodeDecodeError:
                     raise SourceError(f"{_where(file, root, n)}: not UTF-8 text") from None
                 except ValueError:
                     raise SourceError(f"{_where(file, root, n)}: not valid JSON") from None
-                if not isinstance(record, dict):
+                if encoded is None:
                     raise SourceError(f"{_where(file, root, n)}: not a JSON object")
-                yield record
+                yield encoded
 
 
 def _csv_header(file: Path) -> list[str]:
