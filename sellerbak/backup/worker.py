@@ -8,8 +8,9 @@ The child is forked (it inherits the configured source as is; nothing needs pick
 over a pipe:
 
     ("dataset", name, mode, deleted_ids)   a dataset starts; deleted ids come first, sorted
-    ("chunks", [(data, records, first, last), ...])   a full dataset, already cut into chunks
-                                           by the repository's boundary rule (~1 MiB a message)
+    ("chunks", [(data, records, first, last, chunk_id), ...])   a full dataset, already cut
+                                           into chunks by the repository's boundary rule and
+                                           identified by its keyed ids (~256 KiB a message)
     ("lines", [(key, line), ...])          a change set: canonical lines in id order, for the
                                            parent to merge into the previous snapshot
     ("restart",)                           records were not sorted after all: the dataset
@@ -182,8 +183,8 @@ def _stop_quietly(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-#: room for one whole batch message in the pipe (Linux's default is 64 KiB: a 1 MiB message
-#: then takes 16 rounds of the export process waiting for this one to read)
+#: room for a few batch messages in the pipe (Linux's default is 64 KiB: a 256 KiB message
+#: would take 4 rounds of the export process waiting for this one to read)
 PIPE_BYTES = 1 << 20
 
 
