@@ -23,6 +23,7 @@ from sellerbak.errors import (
     EXIT_USAGE,
     ConfigError,
     SellerbakError,
+    SourceError,
     UsageError,
 )
 
@@ -249,6 +250,7 @@ def snapshot(
     sources = [build_source(config, s) for s in chosen]
     repo = _open_repo()
     results = []
+    failed: list[tuple[str, SourceError]] = []
     with lock_repo(repo, exclusive=False) as lock, make_progress(settings) as progress:
         run = SnapshotRun(repo, progress, before_commit=lock.ensure_held)
         if run.problems:
@@ -257,7 +259,18 @@ def snapshot(
         for src in sources:
             if hasattr(src, "set_progress"):  # API sources report requests and throttling
                 src.set_progress(progress)
-            result = run.run(src, tags=list(tag or []), full=full, at=when)
+            try:
+                result = run.run(src, tags=list(tag or []), full=full, at=when)
+            except SourceError as exc:
+                if len(sources) == 1:
+                    raise
+                # one shop's failure (an expired token, a bad export file) must not cost the
+                # others their night's backup: they go on, and the run still fails loudly
+                failed.append((src.name, exc))  # reported, with the others', at the end
+                # a fresh run: what the failed export had uploaded is found again (and
+                # indexed) before anything else can refer to it
+                run = SnapshotRun(repo, progress, before_commit=lock.ensure_held)
+                continue
             results.append(result)
             m = result.manifest
             _record_snapshot(outcome, result)
@@ -274,8 +287,9 @@ def snapshot(
                 problem = m.datasets[name].problem
                 if problem:
                     say(f"warning: {name}: {problem}")
+    failed_names = [name for name, _exc in failed]
     if settings.json:
-        emit_json({"snapshots": [{
+        emit_json({"failed_sources": failed_names, "snapshots": [{
             "id": r.manifest.id.hex(), "source": r.manifest.source, "time": r.manifest.time,
             "records": r.manifest.records, "bytes": r.manifest.bytes,
             "bytes_added": r.stats.bytes_stored, "seconds": round(r.seconds, 3),
@@ -290,9 +304,21 @@ def snapshot(
                  for r in results]
         summary(f"stored {len(results)} snapshot(s): {'; '.join(parts)}; "
                 f"{sum(r.manifest.records for r in results)} records, added "
-                f"{_human_size(added)} in {sum(r.seconds for r in results):.1f}s")
+                f"{_human_size(added)} in {sum(r.seconds for r in results):.1f}s"
+                + (f"; FAILED: {', '.join(failed_names)}" if failed_names else ""))
+    if failed:
+        error = SourceError(f"{len(failed)} of {len(sources)} sources failed: "
+                            + "; ".join(_source_problem(n, e) for n, e in failed))
+        error.exit_code = failed[0][1].exit_code
+        raise error
     if any(r.incomplete for r in results):
         raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _source_problem(name: str, exc: SourceError) -> str:
+    """A failed source's error line, naming the source once."""
+    text = str(exc)
+    return text if text.startswith(f"source {name}") else f"source {name}: {text}"
 
 
 def _record_snapshot(outcome: Any, result: Any) -> None:

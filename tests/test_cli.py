@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -262,3 +263,48 @@ def test_no_secrets_or_customer_data_in_output_even_at_debug(cfg: Path, tmp_path
     stored = b"".join(p.read_bytes() + str(p).encode()
                       for p in (tmp_path / "repo").rglob("*") if p.is_file())
     assert b"@shop.example" not in stored and secret.encode() not in stored
+
+
+def test_a_failing_source_does_not_cost_the_others_their_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three sources, the middle one fails after it has already uploaded packs holding the
+    same data as the third. The first and third are stored and restore exactly; the run
+    still fails with one line naming the failed source; nothing refers to data that no
+    index lists (which a restore would not find)."""
+    from sellerbak.repository import repo as repo_module
+    from sellerbak.repository.repo import Repository
+    from tests.helpers import fast_kdf
+
+    # small packs, and more data than the writer keeps in flight (8 batches of 1 MiB): packs
+    # of the failing source are uploaded before it fails
+    monkeypatch.setattr(repo_module, "DEFAULT_PACK_SIZE", 1 << 20)
+    Repository.init(LocalStore(tmp_path / "repo"), PASSPHRASE, fast_kdf())
+    shared = "".join(json.dumps({"blob": os.urandom(500).hex(), "id": f"r{i:05d}"},
+                                separators=(",", ":")) + "\n" for i in range(16000))
+    for name in ("first", "bad", "third"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "first" / "small.jsonl").write_text('{"id":"x","v":1}\n')
+    (tmp_path / "bad" / "aaa.jsonl").write_text(shared)
+    (tmp_path / "bad" / "zzz.jsonl").write_text('{"id":"a"}\n{"id":"b",\n')
+    (tmp_path / "third" / "aaa.jsonl").write_text(shared)
+    cfg = write_config(tmp_path, "./repo", [
+        {"name": name, "type": "files", "path": f"./{name}"}
+        for name in ("first", "bad", "third")])
+
+    proc = run_cli("-c", str(cfg), "--json", "snapshot")
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 1 of 3 sources failed: source bad: zzz.jsonl line 2: "
+                      "not valid JSON"], proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["failed_sources"] == ["bad"]
+    assert [s["source"] for s in out["snapshots"]] == ["first", "third"]
+
+    listing = json.loads(_ok(run_cli("-c", str(cfg), "--json", "snapshots")).stdout)
+    assert sorted(s["source"] for s in listing) == ["first", "third"]
+    third = next(s["id"] for s in listing if s["source"] == "third")
+    _ok(run_cli("-c", str(cfg), "restore", third, "--target", str(tmp_path / "r")))
+    restored = (tmp_path / "r" / "aaa.jsonl").read_bytes()
+    assert hashlib.sha256(restored).digest() == hashlib.sha256(shared.encode()).digest()
+    assert json.loads(_ok(run_cli("-c", str(cfg), "--json", "check", "--read-data")
+                          ).stdout)["ok"]
