@@ -395,3 +395,37 @@ def test_token_file_deeply_nested(tmp_path: Path) -> None:
     (tmp_path / "tiktok" / "shop.json").write_text(deep_json())
     with pytest.raises(SourceError, match="damaged"):
         TokenStore(tmp_path, "shop").load()
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip-bomb"])
+def test_an_answer_past_the_size_limit_is_not_read_whole(
+        client: TikTokClient, raw_server: RawServer, monkeypatch: pytest.MonkeyPatch,
+        gzipped: bool) -> None:
+    """An answer larger than any real one (or a small gzip body that inflates past it) is
+    dropped once the limit is passed, not held in memory: the call fails as transient (one
+    line), and the auth host's answer likewise."""
+    import gzip
+    import tracemalloc
+
+    from sellerbak.backup.exporters.tiktok import bodies
+
+    monkeypatch.setattr(bodies, "MAX_BODY_BYTES", 1 << 20)
+    big = b'{"code":0,"data":{"x":"' + b"a" * (24 << 20) + b'"}}'
+    headers = {"Content-Type": "application/json"}
+    if gzipped:
+        big = gzip.compress(big)
+        assert len(big) < 1 << 20
+        headers["Content-Encoding"] = "gzip"
+    raw_server.answer((200, headers, big))
+    _record_waits(client)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SourceError, match="went on past 1 MiB") as api_error:
+            client.call("GET", "/order/202309/orders/search", {"page_size": 1})
+        with pytest.raises(SourceError, match="more than 1 MiB") as auth_error:
+            client.tokens.auth.refresh("refresh")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(api_error.value) + str(auth_error.value)
+    assert peak < 8 << 20, peak

@@ -31,6 +31,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from sellerbak.backup.exporters.tiktok.bodies import BodyTooLarge, read_body
 from sellerbak.backup.exporters.tiktok.errors import (
     ApiError,
     ClockSkewError,
@@ -190,12 +191,18 @@ class TikTokClient:
         self._notify()
         try:
             resp = self.session.request(method, url, data=data or None, headers=headers,
-                                        timeout=self.timeout, allow_redirects=False)
+                                        timeout=self.timeout, allow_redirects=False,
+                                        stream=True)
+            read_body(resp)
         except requests.RequestException as exc:
             # never str(exc): it quotes the URL
             raise TransientError(f"source {self.source}: TikTok Shop could not be reached for "
                                  f"{path} ({type(exc).__name__}); the next run tries again"
                                  ) from None
+        except BodyTooLarge as exc:
+            raise TransientError(f"source {self.source}: TikTok Shop's answer to {path} went "
+                                 f"on past {exc.mib} MiB and was not read; the "
+                                 "next run tries again") from None
         try:
             envelope = resp.json()
         except (ValueError, RecursionError):  # not JSON, or nested past the stack

@@ -27,6 +27,7 @@ from typing import Any
 
 import requests
 
+from sellerbak.backup.exporters.tiktok.bodies import BodyTooLarge, read_body
 from sellerbak.backup.exporters.tiktok.errors import ApiError, TransientError, short
 from sellerbak.credentials import SecretRef
 from sellerbak.errors import ConfigError, SourceError
@@ -172,7 +173,13 @@ class AuthClient:
             try:
                 resp = self.session.get(self.auth_url + path, params=query,
                                         headers={"content-type": "application/json"},
-                                        timeout=self.timeout)
+                                        timeout=self.timeout, stream=True)
+                read_body(resp)
+            except BodyTooLarge as exc:
+                last = TransientError(f"source {self.source}: TikTok Shop's auth host answered "
+                                      f"with more than {exc.mib} MiB to {what}; "
+                                      "try again later")
+                continue
             except requests.RequestException as exc:
                 # never str(exc): it quotes the URL, secret and refresh token included
                 last = TransientError(f"source {self.source}: cannot reach TikTok Shop's auth "
