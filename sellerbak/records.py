@@ -85,7 +85,7 @@ _WIDE_HEAD_B = tuple(w[1:] for w in _WIDE_B)
 
 def may_hold_wide_int(data: bytes | str) -> bool:
     """True if the text may hold an integer token beyond 64 bits (false positives only cost
-    speed: the standard library then parses the line). Works on many lines at once too."""
+    speed: the standard library then parses the line)."""
     if isinstance(data, bytes):
         text = data.translate(_WIDE_TABLE_B)
         return (_WIDE_B[0] in text or _WIDE_B[1] in text
@@ -102,16 +102,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def parse_json(data: bytes | str, *, narrow: bool = False) -> Any:
+def parse_json(data: bytes | str) -> Any:
     """Parse one JSON document exactly, or raise ValueError (UnicodeDecodeError included).
 
     NaN and Infinity are refused (they are not JSON), and so are numbers beyond a double's
     range (the canonical form could not hold them). orjson reads integers beyond 64 bits as
     floats, silently dropping digits, so a document that may hold one goes to the standard
-    library instead (text inside a string that looks like one only costs speed). `narrow`:
-    the caller has already found, with `may_hold_wide_int` over a block of lines, that there
-    is no such integer."""
-    if narrow or not may_hold_wide_int(data):
+    library instead (text inside a string that looks like one only costs speed)."""
+    if not may_hold_wide_int(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
