@@ -74,9 +74,10 @@ COMMON_HARDENING = [
     "SystemCallFilter=~@privileged",
     "SystemCallErrorNumber=EPERM",
 ]
-# needs the system manager (mount namespaces, capabilities)
-SYSTEM_HARDENING = [
-    "ProtectSystem=strict",
+# what the snapshot service and the notifier both get from the system manager: a private
+# /tmp and /dev, a read-only home, and the kernel's tunables, modules, logs and clock out of
+# reach
+_PROTECTIONS = [
     "ProtectHome=read-only",
     "PrivateTmp=yes",
     "PrivateDevices=yes",
@@ -87,6 +88,11 @@ SYSTEM_HARDENING = [
     "ProtectClock=yes",
     "ProtectHostname=yes",
     "ProtectProc=invisible",
+]
+# needs the system manager (mount namespaces, capabilities)
+SYSTEM_HARDENING = [
+    "ProtectSystem=strict",
+    *_PROTECTIONS,
     "ProcSubset=pid",
     "RemoveIPC=yes",
     "CapabilityBoundingSet=",
@@ -96,16 +102,7 @@ SYSTEM_HARDENING = [
 # MemoryDenyWriteExecute=, but no capabilities either, and /usr, /boot, /etc read-only
 NOTIFIER_HARDENING = [
     "ProtectSystem=full",
-    "ProtectHome=read-only",
-    "PrivateTmp=yes",
-    "PrivateDevices=yes",
-    "ProtectKernelTunables=yes",
-    "ProtectKernelModules=yes",
-    "ProtectKernelLogs=yes",
-    "ProtectControlGroups=yes",
-    "ProtectClock=yes",
-    "ProtectHostname=yes",
-    "ProtectProc=invisible",
+    *_PROTECTIONS,
     "CapabilityBoundingSet=",
 ]
 GENTLE = [
