@@ -16,11 +16,12 @@ import hmac
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import unicodedata
 from dataclasses import astuple, dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -405,6 +406,8 @@ class FormatReader:
             if index_id in superseded:
                 continue
             for pack_id, size, entries in records:
+                if pack_id in packs:
+                    continue  # §10: a pack's first record (in index-name order) is the one used
                 sizes[pack_id] = size
                 packs[pack_id] = entries
                 for e in entries:
@@ -546,43 +549,120 @@ class FormatReader:
     def _ints(*values: Any) -> bool:
         return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
+    TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                      r"(?:[.]([0-9]{1,6}))?(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))")
+
+    @classmethod
+    def parse_time(cls, value: Any) -> datetime:
+        """§12.1: `YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)`, upper-case T and Z, every field in
+        its calendar range (no leap second), offsets up to ±23:59."""
+        match = cls.TIME.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError("time is not in the RFC 3339 subset with a zone")
+        y, mo, d, h, mi, sec, frac, zulu, sign, oh, om = match.groups()
+        if zulu:
+            zone = UTC
+        else:
+            if int(oh) > 23 or int(om) > 59:
+                raise ValueError("time zone offset out of range")
+            offset = timedelta(hours=int(oh), minutes=int(om))
+            zone = timezone(-offset if sign == "-" else offset)
+        return datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec),
+                        int((frac or "").ljust(6, "0")), tzinfo=zone)
+
     @staticmethod
-    def parse_time(value: Any) -> datetime:
-        """§12.1: RFC 3339 with a zone; sellerbak writes ...Z."""
-        if not isinstance(value, str):
-            raise ValueError("time is not a string")
-        when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
-        if when.tzinfo is None:
-            raise ValueError("time has no zone")
-        return when
+    def hex_bytes(value: Any, length: int) -> bytes:
+        """§1: hex in JSON is lower case, two digits a byte; anything else is malformed."""
+        if (not isinstance(value, str) or len(value) != 2 * length
+                or any(c not in "0123456789abcdef" for c in value)):
+            raise ValueError("not lower-case hex of the right length")
+        return bytes.fromhex(value)
+
+    @staticmethod
+    def member(obj: dict[str, Any], name: str, types: tuple[type, ...], default: Any) -> Any:
+        """An optional member (§12.1 "MAY be absent"): absent gives the default, present it
+        must have one of the types (a bool is not an int)."""
+        if name not in obj:
+            return default
+        value = obj[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(f"{name} has the wrong type")
+        return value
+
+    @staticmethod
+    def dataset_names_ok(names: list[str]) -> bool:
+        """§11.2: segments non-empty and not `.`/`..`; no C0 control, DEL or backslash; no two
+        names equal under case folding; no name a directory prefix of another."""
+        folded = [n.casefold() for n in names]
+        for name in names:
+            if any(s in ("", ".", "..") for s in name.split("/")):
+                return False
+            if any(ord(c) < 0x20 or c in "\x7f\\" for c in name):
+                return False
+        if len(set(folded)) != len(folded):
+            return False
+        return not any(a.startswith(b + "/") for a in folded for b in folded)
+
+    def ref_ok(self, ref: Any, size: int) -> bool:
+        """A ref-list ref (size 6) or chunk ref (size 5), §12.1/§12.2: exact length and types,
+        counts in range, first_key <= last_key in code point order."""
+        if not isinstance(ref, list) or len(ref) != size:
+            return False
+        self.hex_bytes(ref[0], 32)
+        counts, keys = ref[1:-2], ref[-2:]
+        if not self._ints(*counts) or not all(isinstance(k, str) for k in keys):
+            return False
+        if not all(0 <= n < 1 << 63 for n in counts) or keys[0] > keys[1]:
+            return False
+        if size == 6:  # [id, chunks, records, raw_len, first, last]
+            return counts[0] >= 1 and counts[1] >= counts[0]
+        return counts[0] >= 1 and counts[1] >= 1  # [id, records, raw_len, first, last]
 
     def read_manifest(self, snapshot_id: bytes) -> dict[str, Any]:
+        """§12.1: required members and types are checked, optional ones default; unknown
+        members are ignored; `complete` is recomputed, not trusted."""
         name = f"snapshots/{snapshot_id.hex()}"
         framed = self.open_envelope(self.KIND_MANIFEST, snapshot_id, self.get(name), name)
         try:
             m = json.loads(self.zstd_frame(framed, self.MAX_DECOMPRESSED, name))
-            if m["format"] != "sellerbak-snapshot/1" or bytes.fromhex(m["id"]) != snapshot_id:
-                raise ValueError("format or id")
+            if not isinstance(m, dict) or m.get("format") != "sellerbak-snapshot/1":
+                raise ValueError("format")
+            if self.hex_bytes(m["id"], 32) != snapshot_id:
+                raise ValueError("id is not the name")
             self.parse_time(m["time"])
-            for ds_name, ds in m["datasets"].items():
-                segments = ds_name.split("/")
-                if any(s in ("", ".", "..") for s in segments):
-                    raise ValueError("unsafe dataset name")
+            if not isinstance(m["source"], str) or not isinstance(m["source_type"], str):
+                raise ValueError("source")
+            self.member(m, "hostname", (str,), "")
+            tags = self.member(m, "tags", (list,), [])
+            if not all(isinstance(t, str) for t in tags):
+                raise ValueError("tags")
+            if self.member(m, "parent", (str, type(None)), None) is not None:
+                self.hex_bytes(m["parent"], 32)
+            self.member(m, "complete", (bool,), True)
+            self.member(m, "summary", (dict,), {})
+            datasets = m["datasets"]
+            if not isinstance(datasets, dict) or not self.dataset_names_ok(list(datasets)):
+                raise ValueError("datasets or their names")
+            complete = True
+            for ds in datasets.values():
+                if not isinstance(ds, dict) or not isinstance(ds["reflist"], list):
+                    raise ValueError("dataset entry")
                 rrefs = ds["reflist"]
-                for rref in rrefs:
-                    bid, chunks, records, raw_len, first, last = rref
-                    if (len(bytes.fromhex(bid)) != 32 or not self._ints(chunks, records, raw_len)
-                            or chunks < 1 or records < chunks
-                            or not isinstance(first, str) or not isinstance(last, str)):
-                        raise ValueError("bad ref-list ref")
-                if ds.get("dict") is not None and len(bytes.fromhex(ds["dict"])) != 32:
-                    raise ValueError("bad dictionary id")
-                if (not self._ints(ds["chunks"], ds["records"], ds["bytes"])
+                if not all(self.ref_ok(rref, 6) for rref in rrefs):
+                    raise ValueError("bad ref-list ref")
+                if self.member(ds, "dict", (str, type(None)), None) is not None:
+                    self.hex_bytes(ds["dict"], 32)
+                complete &= self.member(ds, "complete", (bool,), True)
+                self.member(ds, "problem", (str, type(None)), None)
+                self.member(ds, "meta", (dict,), {})
+                self.hex_bytes(ds["sha256"], 32)
+                totals = (ds["chunks"], ds["records"], ds["bytes"])
+                if (not self._ints(*totals) or not all(0 <= n < 1 << 63 for n in totals)
                         or sum(r[1] for r in rrefs) != ds["chunks"]
                         or sum(r[2] for r in rrefs) != ds["records"]
-                        or sum(r[3] for r in rrefs) != ds["bytes"]
-                        or len(bytes.fromhex(ds["sha256"])) != 32):
+                        or sum(r[3] for r in rrefs) != ds["bytes"]):
                     raise ValueError("dataset totals do not add up")
+            m["complete"] = complete
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ReaderError("format", f"{name}: manifest does not parse ({exc})") from None
         return m
@@ -612,11 +692,8 @@ class FormatReader:
             if not plain.endswith(b"\n"):
                 raise ValueError("no final newline")
             refs = [json.loads(line) for line in plain[:-1].split(b"\n")]
-            for ref in refs:
-                cid, n, size, k1, k2 = ref
-                if (len(bytes.fromhex(cid)) != 32 or not self._ints(n, size) or n < 1
-                        or size < 1 or not isinstance(k1, str) or not isinstance(k2, str)):
-                    raise ValueError("bad chunk ref")
+            if not all(self.ref_ok(ref, 5) for ref in refs):
+                raise ValueError("bad chunk ref")
         except (ValueError, TypeError) as exc:
             raise ReaderError("format", f"ref-list {bid[:16]} does not parse ({exc})") from None
         if (len(refs) != chunks or sum(r[1] for r in refs) != records
@@ -634,6 +711,19 @@ class FormatReader:
                     raise ReaderError("integrity", "chunk refs are not in key order")
                 out.append(ref)
         return out
+
+    @staticmethod
+    def chunk_keys_match(plain: bytes, ref: list[Any]) -> bool:
+        """§12.2: the ids of a chunk's first and last records (as sort keys, §11.1) are its
+        ref's first_key and last_key. Not needed to restore; `check --read-data` verifies it."""
+        lines = plain[:-1].split(b"\n")
+        keys = []
+        for line in (lines[0], lines[-1]):
+            rid = json.loads(line).get("id")
+            if isinstance(rid, bool) or not isinstance(rid, int | str):
+                return False
+            keys.append(str(rid))
+        return keys == [ref[3], ref[4]]
 
     def require_packs(self, pack_ids: set[bytes]) -> None:
         for pack_id in sorted(pack_ids):
