@@ -304,12 +304,27 @@ class FormatReader:
             raw = self.cobblestone_open(kek, context, key_file["wrapped"], "key file")
         except ReaderError:
             raise ReaderError("wrong-passphrase", "unwrap failed") from None
+        return self.parse_keyring(raw)
+
+    @classmethod
+    def parse_keyring(cls, raw: bytes) -> tuple[dict[int, bytes], int]:
+        """§5.1: exactly `current` (an integer) and `epochs` (decimal u32 names without sign
+        or leading zeros, each a padded b64 32-byte key), with epochs 1 and `current`."""
         try:
             obj = json.loads(raw)
-            epochs = {int(e): base64.b64decode(k, validate=True)
-                      for e, k in obj["epochs"].items()}
-            current = obj["current"]
-        except (ValueError, KeyError, TypeError, AttributeError):
+            if not isinstance(obj, dict) or set(obj) != {"current", "epochs"}:
+                raise ValueError("members")
+            current, named = obj["current"], obj["epochs"]
+            if not cls._ints(current) or not isinstance(named, dict):
+                raise ValueError("types")
+            epochs = {}
+            for name, key in named.items():
+                if (not name or name[0] not in "123456789" or len(name) > 10
+                        or any(c not in "0123456789" for c in name) or int(name) >= 1 << 32
+                        or not isinstance(key, str)):
+                    raise ValueError("epoch")
+                epochs[int(name)] = base64.b64decode(key, validate=True)
+        except (ValueError, TypeError):
             raise ReaderError("format", "keyring does not parse") from None
         if 1 not in epochs or current not in epochs or any(len(k) != 32
                                                            for k in epochs.values()):

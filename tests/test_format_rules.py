@@ -9,6 +9,7 @@ sealed with the real repository's keys.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import zstandard
 
 from sellerbak.backup.snapshot import SnapshotRun
 from sellerbak.crypto.envelope import Kind
+from sellerbak.crypto.keys import Keyring
 from sellerbak.errors import FormatError, IntegrityError
 from sellerbak.repository.check import check_repository
 from sellerbak.repository.datasets import iter_chunk_refs
@@ -365,3 +367,51 @@ def test_a_frame_header_that_lies_about_its_size_decides_no_allocation() -> None
     with pytest.raises((IntegrityError, zstandard.ZstdError)):  # more than it claims
         _decompress(zstandard.ZstdDecompressor(), _frame_claiming(b"y" * 5000, 4000), 4000,
                     "group")
+
+
+# ----- keyring ----------------------------------------------------------------------------
+
+
+_KEY = base64.b64encode(bytes(range(32))).decode()
+_KEY2 = base64.b64encode(bytes(32)).decode()
+
+
+@pytest.mark.parametrize(("keyring", "valid"), [
+    ({"current": 1, "epochs": {"1": _KEY}}, True),
+    ({"current": 2, "epochs": {"1": _KEY, "2": _KEY2}}, True),
+    ({"current": 4294967295, "epochs": {"1": _KEY, "4294967295": _KEY2}}, True),
+    ({"current": 1, "epochs": {"1": _KEY}, "note": "x"}, False),
+    ({"epochs": {"1": _KEY}}, False),
+    ({"current": "1", "epochs": {"1": _KEY}}, False),
+    ({"current": True, "epochs": {"1": _KEY}}, False),
+    ({"current": 1.0, "epochs": {"1": _KEY}}, False),
+    ({"current": 1, "epochs": {"01": _KEY}}, False),
+    ({"current": 1, "epochs": {"+1": _KEY}}, False),
+    ({"current": 1, "epochs": {" 1": _KEY}}, False),
+    ({"current": 1, "epochs": {"1_0": _KEY, "1": _KEY}}, False),
+    ({"current": 1, "epochs": {"1": _KEY, "4294967296": _KEY2}}, False),
+    ({"current": 1, "epochs": {"\u0661": _KEY}}, False),
+    ({"current": 1, "epochs": {"1": _KEY.rstrip("=")}}, False),
+    ({"current": 1, "epochs": {"1": _KEY[:-4]}}, False),
+    ({"current": 2, "epochs": {"1": _KEY}}, False),
+    ({"current": 2, "epochs": {"2": _KEY}}, False),
+    ({"current": 1, "epochs": [_KEY]}, False),
+])
+def test_both_readers_agree_on_the_keyring(keyring: dict[str, Any], valid: bool) -> None:
+    """§5.1: a keyring has exactly `current` and `epochs`, epochs are decimal u32 without sign
+    or leading zeros, keys are padded b64 of 32 bytes; nothing is coerced. The real code used
+    to read `"01"`, `"+1"`, `" 1"` and `"1_0"` as epochs and `"1"`, `true` or `1.0` as the
+    current one, and ignored unknown members, which no other reader need do."""
+    raw = json.dumps(keyring).encode()
+    try:
+        Keyring.from_bytes(raw)
+        real = True
+    except FormatError:
+        real = False
+    try:
+        FormatReader.parse_keyring(raw)
+        independent = True
+    except ReaderError as exc:
+        assert exc.kind == "format"
+        independent = False
+    assert (real, independent) == (valid, valid)
