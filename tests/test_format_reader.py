@@ -155,6 +155,8 @@ class FormatReader:
                    kind: str = "format") -> bytes:
         """Exactly one zstd frame, output capped at `cap` bytes (§10, §12, §9.4), decoded with
         a full zstd dictionary if one is given (§9.5). Failures are of class `kind`."""
+        if FormatReader.frame_length(data) != len(data):
+            raise ReaderError(kind, f"{what} is not exactly one zstd frame")
         parts, total = [], 0
         try:
             dctx = (zstandard.ZstdDecompressor() if dictionary is None else
@@ -169,6 +171,28 @@ class FormatReader:
         except zstandard.ZstdError:
             raise ReaderError(kind, f"{what} does not decompress") from None
         return b"".join(parts)
+
+    @staticmethod
+    def frame_length(data: bytes) -> int:
+        """Where the zstd frame at the start of `data` ends (RFC 8878 §3.1.1: header, blocks up
+        to the one with Last_Block set, then the checksum if the descriptor has one); -1 if
+        `data` does not start with a whole zstd frame (a skippable frame is not one)."""
+        if len(data) < 5 or data[:4] != FormatReader.ZSTD_FRAME_MAGIC:
+            return -1
+        fhd = data[4]
+        single = (fhd >> 5) & 1
+        pos = 5 + (1 - single) + [0, 1, 2, 4][fhd & 3] + [single, 2, 4, 8][fhd >> 6]
+        last = 0
+        while not last:
+            if pos + 3 > len(data):
+                return -1
+            block = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            last, btype, size = block & 1, (block >> 1) & 3, block >> 3
+            if btype == 3:
+                return -1
+            pos += 3 + (1 if btype == 1 else size)
+        pos += 4 * ((fhd >> 2) & 1)
+        return pos if pos <= len(data) else -1
 
     # ----- config (§6) ---------------------------------------------------------------------------
 

@@ -415,3 +415,40 @@ def test_both_readers_agree_on_the_keyring(keyring: dict[str, Any], valid: bool)
         assert exc.kind == "format"
         independent = False
     assert (real, independent) == (valid, valid)
+
+
+# ----- exactly one zstd frame -------------------------------------------------------------
+
+
+_SKIPPABLE = b"\x50\x2a\x4d\x18" + (3).to_bytes(4, "little") + b"abc"
+
+
+@pytest.mark.parametrize("shape", ["trailing bytes", "a second frame", "a skippable frame first",
+                                   "a skippable frame after"])
+def test_a_manifest_is_exactly_one_zstd_frame(root: Path, shop: Shop, shape: str) -> None:
+    """§10, §12: the envelope plaintext is one zstd frame and nothing else. A stream decoder
+    reads on into a second frame and skips skippable ones; both readers refuse them."""
+    manifest = dict(_plain_manifest(root, shop.snapshot_id), id="<id>")
+    repo = _repo(root)
+    snapshot_id = os.urandom(32)
+    frame = compress(json.dumps(dict(manifest, id=snapshot_id.hex())).encode())
+    body = {"trailing bytes": frame + b"\0\0\0", "a second frame": frame + compress(b" "),
+            "a skippable frame first": _SKIPPABLE + frame,
+            "a skippable frame after": frame + _SKIPPABLE}[shape]
+    repo.store.put(snapshot_name(snapshot_id), repo.seal(Kind.MANIFEST, snapshot_id, body))
+    assert _both_read(root, snapshot_id) == (False, False)
+
+
+@pytest.mark.parametrize("extra", [compress(b"more"), _SKIPPABLE, b"\0"])
+def test_a_group_is_exactly_one_zstd_frame(extra: bytes) -> None:
+    """§9.4 step 6: a group's compressed body is one zstd frame; whatever follows it (even a
+    frame whose output would still fit the group size) makes the group fail."""
+    frame = zstandard.ZstdCompressor().compress(b"g" * 4000)
+    assert _decompress(zstandard.ZstdDecompressor(), frame, 4000, "group") == b"g" * 4000
+    with pytest.raises(IntegrityError, match="after its zstd frame"):
+        _decompress(zstandard.ZstdDecompressor(), frame + extra, 4004, "group")
+    with pytest.raises(IntegrityError, match="not one zstd frame"):
+        _decompress(zstandard.ZstdDecompressor(), _SKIPPABLE + frame, 4000, "group")
+    assert FormatReader.frame_length(frame) == len(frame)
+    with pytest.raises(ReaderError):
+        FormatReader.zstd_frame(frame + extra, 4004, "group", kind="integrity")

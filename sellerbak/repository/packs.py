@@ -43,6 +43,7 @@ from sellerbak.repository.format import (
     blob_type,
     encode_pack_header,
     encode_trailer,
+    zstd_frame_length,
 )
 from sellerbak.repository.index import Index, write_index
 from sellerbak.repository.repo import Repository, pack_name
@@ -686,7 +687,13 @@ def _decompress(dctx: zstandard.ZstdDecompressor, body: bytes, size: int, what: 
     what the frame header declares, so a header that lies about its content size (and a
     listing that agrees with it) would decide the allocation. A declared size other than the
     group's is refused before anything is decompressed; zstd itself checks a declared size
-    against the output at the end of the frame."""
+    against the output at the end of the frame. The body must be exactly one frame
+    (docs/FORMAT.md §9.4): a decoder reading on would take in further frames."""
+    try:
+        if zstd_frame_length(body) != len(body):
+            raise IntegrityError(f"{what}: bytes after its zstd frame")
+    except ValueError:
+        raise IntegrityError(f"{what} is not one zstd frame") from None
     declared = zstandard.get_frame_parameters(body).content_size
     if declared not in (size, zstandard.CONTENTSIZE_UNKNOWN):
         raise IntegrityError(f"{what}: plaintext has the wrong size")
