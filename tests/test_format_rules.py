@@ -452,3 +452,21 @@ def test_a_group_is_exactly_one_zstd_frame(extra: bytes) -> None:
     assert FormatReader.frame_length(frame) == len(frame)
     with pytest.raises(ReaderError):
         FormatReader.zstd_frame(frame + extra, 4004, "group", kind="integrity")
+
+
+def test_check_read_data_compares_chunk_lengths_with_their_refs(root: Path, shop: Shop,
+                                                                tmp_path: Path) -> None:
+    """§15: restore checks line counts and SHA-256, not the byte counts; `check --read-data`
+    compares every chunk's length with its ref's `raw_len`. Two refs with lengths moved from
+    one to the other keep every sum of the manifest, so only that comparison finds it."""
+    def shift(refs: list[ChunkRef]) -> list[ChunkRef]:
+        refs[0] = replace(refs[0], raw_len=refs[0].raw_len + 1)
+        refs[1] = replace(refs[1], raw_len=refs[1].raw_len - 1)
+        return refs
+
+    sid = _rewrite_chunk_list(root, shop.snapshot_id, "orders", shift)
+    repo = _repo(root)
+    restore_snapshot(repo, read_manifest(repo, sid), tmp_path / "out")
+    assert check_repository(repo).errors == []
+    errors = check_repository(repo, read_data=True).errors
+    assert errors and all("length or record count differs" in e for e in errors)
