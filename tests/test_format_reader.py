@@ -599,15 +599,17 @@ class FormatReader:
         if match is None:
             raise ValueError("time is not in the RFC 3339 subset with a zone")
         y, mo, d, h, mi, sec, frac, zulu, sign, oh, om = match.groups()
-        if zulu:
-            zone = UTC
-        else:
-            if int(oh) > 23 or int(om) > 59:
-                raise ValueError("time zone offset out of range")
-            offset = timedelta(hours=int(oh), minutes=int(om))
-            zone = timezone(-offset if sign == "-" else offset)
-        return datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec),
-                        int((frac or "").ljust(6, "0")), tzinfo=zone)
+        minutes = 0 if zulu else int(oh) * 60 + int(om)
+        if not zulu and (int(oh) > 23 or int(om) > 59):
+            raise ValueError("time zone offset out of range")
+        offset = timedelta(minutes=-minutes if sign == "-" else minutes)
+        local = datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec),
+                         int((frac or "").ljust(6, "0")))
+        try:
+            local - offset  # the instant, in UTC, must lie in years 1 to 9999
+        except OverflowError:
+            raise ValueError("time out of range") from None
+        return local.replace(tzinfo=UTC if zulu else timezone(offset))
 
     @staticmethod
     def hex_bytes(value: Any, length: int) -> bytes:

@@ -59,8 +59,13 @@ def parse_time(text: object) -> datetime:
         raise ValueError("manifest time has a bad zone offset")
     offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
     zone = UTC if zulu else timezone(-offset if sign == "-" else offset)
-    return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+    when = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
                     int((frac or "0").ljust(6, "0")), tzinfo=zone)
+    try:
+        when.astimezone(UTC)  # an offset may put the instant outside years 1 to 9999
+    except OverflowError:
+        raise ValueError("manifest time is out of range") from None
+    return when
 
 
 def parse_hex(value: object, length: int) -> bytes:
