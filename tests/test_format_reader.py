@@ -84,6 +84,7 @@ class FormatReader:
     MAX_DECOMPRESSED = 1 << 30
     MAX_PACK_HEADER = 64 * 1024 * 1024
     MAX_DICT = 1 << 20
+    MAX_KEY_ATTEMPTS = 8
     REFLIST_TARGET, REFLIST_MAX = 4096, 32768
     ZSTD_FRAME_MAGIC, ZSTD_DICT_MAGIC = b"\x28\xb5\x2f\xfd", b"\x37\xa4\x30\xec"
 
@@ -234,7 +235,9 @@ class FormatReader:
                 candidates.append(self.parse_key_file(name, self.get(name)))
             except ReaderError:
                 continue  # damaged or out-of-bounds key files are skipped, never attempted
-        for key_file in candidates:
+        # §5.3: ascending key id (names sort so), at most MAX_KEY_ATTEMPTS; this reader keeps no
+        # "last opened" hint, which only changes the order
+        for key_file in candidates[:self.MAX_KEY_ATTEMPTS]:
             try:
                 keyring, current = self.unwrap(key_file, passphrase)
             except ReaderError as exc:
