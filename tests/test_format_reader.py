@@ -16,11 +16,12 @@ import hmac
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import unicodedata
 from dataclasses import astuple, dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ class FormatReader:
     MAX_DECOMPRESSED = 1 << 30
     MAX_PACK_HEADER = 64 * 1024 * 1024
     MAX_DICT = 1 << 20
+    MAX_KEY_ATTEMPTS = 8
     REFLIST_TARGET, REFLIST_MAX = 4096, 32768
     ZSTD_FRAME_MAGIC, ZSTD_DICT_MAGIC = b"\x28\xb5\x2f\xfd", b"\x37\xa4\x30\xec"
 
@@ -154,6 +156,8 @@ class FormatReader:
                    kind: str = "format") -> bytes:
         """Exactly one zstd frame, output capped at `cap` bytes (§10, §12, §9.4), decoded with
         a full zstd dictionary if one is given (§9.5). Failures are of class `kind`."""
+        if FormatReader.frame_length(data) != len(data):
+            raise ReaderError(kind, f"{what} is not exactly one zstd frame")
         parts, total = [], 0
         try:
             dctx = (zstandard.ZstdDecompressor() if dictionary is None else
@@ -168,6 +172,28 @@ class FormatReader:
         except zstandard.ZstdError:
             raise ReaderError(kind, f"{what} does not decompress") from None
         return b"".join(parts)
+
+    @staticmethod
+    def frame_length(data: bytes) -> int:
+        """Where the zstd frame at the start of `data` ends (RFC 8878 §3.1.1: header, blocks up
+        to the one with Last_Block set, then the checksum if the descriptor has one); -1 if
+        `data` does not start with a whole zstd frame (a skippable frame is not one)."""
+        if len(data) < 5 or data[:4] != FormatReader.ZSTD_FRAME_MAGIC:
+            return -1
+        fhd = data[4]
+        single = (fhd >> 5) & 1
+        pos = 5 + (1 - single) + [0, 1, 2, 4][fhd & 3] + [single, 2, 4, 8][fhd >> 6]
+        last = 0
+        while not last:
+            if pos + 3 > len(data):
+                return -1
+            block = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            last, btype, size = block & 1, (block >> 1) & 3, block >> 3
+            if btype == 3:
+                return -1
+            pos += 3 + (1 if btype == 1 else size)
+        pos += 4 * ((fhd >> 2) & 1)
+        return pos if pos <= len(data) else -1
 
     # ----- config (§6) ---------------------------------------------------------------------------
 
@@ -209,7 +235,9 @@ class FormatReader:
                 candidates.append(self.parse_key_file(name, self.get(name)))
             except ReaderError:
                 continue  # damaged or out-of-bounds key files are skipped, never attempted
-        for key_file in candidates:
+        # §5.3: ascending key id (names sort so), at most MAX_KEY_ATTEMPTS; this reader keeps no
+        # "last opened" hint, which only changes the order
+        for key_file in candidates[:self.MAX_KEY_ATTEMPTS]:
             try:
                 keyring, current = self.unwrap(key_file, passphrase)
             except ReaderError as exc:
@@ -303,12 +331,27 @@ class FormatReader:
             raw = self.cobblestone_open(kek, context, key_file["wrapped"], "key file")
         except ReaderError:
             raise ReaderError("wrong-passphrase", "unwrap failed") from None
+        return self.parse_keyring(raw)
+
+    @classmethod
+    def parse_keyring(cls, raw: bytes) -> tuple[dict[int, bytes], int]:
+        """§5.1: exactly `current` (an integer) and `epochs` (decimal u32 names without sign
+        or leading zeros, each a padded b64 32-byte key), with epochs 1 and `current`."""
         try:
             obj = json.loads(raw)
-            epochs = {int(e): base64.b64decode(k, validate=True)
-                      for e, k in obj["epochs"].items()}
-            current = obj["current"]
-        except (ValueError, KeyError, TypeError, AttributeError):
+            if not isinstance(obj, dict) or set(obj) != {"current", "epochs"}:
+                raise ValueError("members")
+            current, named = obj["current"], obj["epochs"]
+            if not cls._ints(current) or not isinstance(named, dict):
+                raise ValueError("types")
+            epochs = {}
+            for name, key in named.items():
+                if (not name or name[0] not in "123456789" or len(name) > 10
+                        or any(c not in "0123456789" for c in name) or int(name) >= 1 << 32
+                        or not isinstance(key, str)):
+                    raise ValueError("epoch")
+                epochs[int(name)] = base64.b64decode(key, validate=True)
+        except (ValueError, TypeError):
             raise ReaderError("format", "keyring does not parse") from None
         if 1 not in epochs or current not in epochs or any(len(k) != 32
                                                            for k in epochs.values()):
@@ -405,6 +448,8 @@ class FormatReader:
             if index_id in superseded:
                 continue
             for pack_id, size, entries in records:
+                if pack_id in packs:
+                    continue  # §10: a pack's first record (in index-name order) is the one used
                 sizes[pack_id] = size
                 packs[pack_id] = entries
                 for e in entries:
@@ -546,43 +591,122 @@ class FormatReader:
     def _ints(*values: Any) -> bool:
         return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
+    TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                      r"(?:[.]([0-9]{1,6}))?(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))")
+
+    @classmethod
+    def parse_time(cls, value: Any) -> datetime:
+        """§12.1: `YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)`, upper-case T and Z, every field in
+        its calendar range (no leap second), offsets up to ±23:59."""
+        match = cls.TIME.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError("time is not in the RFC 3339 subset with a zone")
+        y, mo, d, h, mi, sec, frac, zulu, sign, oh, om = match.groups()
+        minutes = 0 if zulu else int(oh) * 60 + int(om)
+        if not zulu and (int(oh) > 23 or int(om) > 59):
+            raise ValueError("time zone offset out of range")
+        offset = timedelta(minutes=-minutes if sign == "-" else minutes)
+        local = datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec),
+                         int((frac or "").ljust(6, "0")))
+        try:
+            local - offset  # the instant, in UTC, must lie in years 1 to 9999
+        except OverflowError:
+            raise ValueError("time out of range") from None
+        return local.replace(tzinfo=UTC if zulu else timezone(offset))
+
     @staticmethod
-    def parse_time(value: Any) -> datetime:
-        """§12.1: RFC 3339 with a zone; sellerbak writes ...Z."""
-        if not isinstance(value, str):
-            raise ValueError("time is not a string")
-        when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
-        if when.tzinfo is None:
-            raise ValueError("time has no zone")
-        return when
+    def hex_bytes(value: Any, length: int) -> bytes:
+        """§1: hex in JSON is lower case, two digits a byte; anything else is malformed."""
+        if (not isinstance(value, str) or len(value) != 2 * length
+                or any(c not in "0123456789abcdef" for c in value)):
+            raise ValueError("not lower-case hex of the right length")
+        return bytes.fromhex(value)
+
+    @staticmethod
+    def member(obj: dict[str, Any], name: str, types: tuple[type, ...], default: Any) -> Any:
+        """An optional member (§12.1 "MAY be absent"): absent gives the default, present it
+        must have one of the types (a bool is not an int)."""
+        if name not in obj:
+            return default
+        value = obj[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(f"{name} has the wrong type")
+        return value
+
+    @staticmethod
+    def dataset_names_ok(names: list[str]) -> bool:
+        """§11.2: segments non-empty and not `.`/`..`; no C0 control, DEL or backslash; no two
+        names equal under case folding; no name a directory prefix of another."""
+        folded = [n.casefold() for n in names]
+        for name in names:
+            if any(s in ("", ".", "..") for s in name.split("/")):
+                return False
+            if any(ord(c) < 0x20 or c in "\x7f\\" for c in name):
+                return False
+        if len(set(folded)) != len(folded):
+            return False
+        return not any(a.startswith(b + "/") for a in folded for b in folded)
+
+    def ref_ok(self, ref: Any, size: int) -> bool:
+        """A ref-list ref (size 6) or chunk ref (size 5), §12.1/§12.2: exact length and types,
+        counts in range, first_key <= last_key in code point order."""
+        if not isinstance(ref, list) or len(ref) != size:
+            return False
+        self.hex_bytes(ref[0], 32)
+        counts, keys = ref[1:-2], ref[-2:]
+        if not self._ints(*counts) or not all(isinstance(k, str) for k in keys):
+            return False
+        if not all(0 <= n < 1 << 63 for n in counts) or keys[0] > keys[1]:
+            return False
+        if size == 6:  # [id, chunks, records, raw_len, first, last]
+            return counts[0] >= 1 and counts[1] >= counts[0]
+        return counts[0] >= 1 and counts[1] >= 1  # [id, records, raw_len, first, last]
 
     def read_manifest(self, snapshot_id: bytes) -> dict[str, Any]:
+        """§12.1: required members and types are checked, optional ones default; unknown
+        members are ignored; `complete` is recomputed, not trusted."""
         name = f"snapshots/{snapshot_id.hex()}"
         framed = self.open_envelope(self.KIND_MANIFEST, snapshot_id, self.get(name), name)
         try:
             m = json.loads(self.zstd_frame(framed, self.MAX_DECOMPRESSED, name))
-            if m["format"] != "sellerbak-snapshot/1" or bytes.fromhex(m["id"]) != snapshot_id:
-                raise ValueError("format or id")
+            if not isinstance(m, dict) or m.get("format") != "sellerbak-snapshot/1":
+                raise ValueError("format")
+            if self.hex_bytes(m["id"], 32) != snapshot_id:
+                raise ValueError("id is not the name")
             self.parse_time(m["time"])
-            for ds_name, ds in m["datasets"].items():
-                segments = ds_name.split("/")
-                if any(s in ("", ".", "..") for s in segments):
-                    raise ValueError("unsafe dataset name")
+            if not isinstance(m["source"], str) or not isinstance(m["source_type"], str):
+                raise ValueError("source")
+            self.member(m, "hostname", (str,), "")
+            tags = self.member(m, "tags", (list,), [])
+            if not all(isinstance(t, str) for t in tags):
+                raise ValueError("tags")
+            if self.member(m, "parent", (str, type(None)), None) is not None:
+                self.hex_bytes(m["parent"], 32)
+            self.member(m, "complete", (bool,), True)
+            self.member(m, "summary", (dict,), {})
+            datasets = m["datasets"]
+            if not isinstance(datasets, dict) or not self.dataset_names_ok(list(datasets)):
+                raise ValueError("datasets or their names")
+            complete = True
+            for ds in datasets.values():
+                if not isinstance(ds, dict) or not isinstance(ds["reflist"], list):
+                    raise ValueError("dataset entry")
                 rrefs = ds["reflist"]
-                for rref in rrefs:
-                    bid, chunks, records, raw_len, first, last = rref
-                    if (len(bytes.fromhex(bid)) != 32 or not self._ints(chunks, records, raw_len)
-                            or chunks < 1 or records < chunks
-                            or not isinstance(first, str) or not isinstance(last, str)):
-                        raise ValueError("bad ref-list ref")
-                if ds.get("dict") is not None and len(bytes.fromhex(ds["dict"])) != 32:
-                    raise ValueError("bad dictionary id")
-                if (not self._ints(ds["chunks"], ds["records"], ds["bytes"])
+                if not all(self.ref_ok(rref, 6) for rref in rrefs):
+                    raise ValueError("bad ref-list ref")
+                if self.member(ds, "dict", (str, type(None)), None) is not None:
+                    self.hex_bytes(ds["dict"], 32)
+                complete &= self.member(ds, "complete", (bool,), True)
+                self.member(ds, "problem", (str, type(None)), None)
+                self.member(ds, "meta", (dict,), {})
+                self.hex_bytes(ds["sha256"], 32)
+                totals = (ds["chunks"], ds["records"], ds["bytes"])
+                if (not self._ints(*totals) or not all(0 <= n < 1 << 63 for n in totals)
                         or sum(r[1] for r in rrefs) != ds["chunks"]
                         or sum(r[2] for r in rrefs) != ds["records"]
-                        or sum(r[3] for r in rrefs) != ds["bytes"]
-                        or len(bytes.fromhex(ds["sha256"])) != 32):
+                        or sum(r[3] for r in rrefs) != ds["bytes"]):
                     raise ValueError("dataset totals do not add up")
+            m["complete"] = complete
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ReaderError("format", f"{name}: manifest does not parse ({exc})") from None
         return m
@@ -612,11 +736,8 @@ class FormatReader:
             if not plain.endswith(b"\n"):
                 raise ValueError("no final newline")
             refs = [json.loads(line) for line in plain[:-1].split(b"\n")]
-            for ref in refs:
-                cid, n, size, k1, k2 = ref
-                if (len(bytes.fromhex(cid)) != 32 or not self._ints(n, size) or n < 1
-                        or size < 1 or not isinstance(k1, str) or not isinstance(k2, str)):
-                    raise ValueError("bad chunk ref")
+            if not all(self.ref_ok(ref, 5) for ref in refs):
+                raise ValueError("bad chunk ref")
         except (ValueError, TypeError) as exc:
             raise ReaderError("format", f"ref-list {bid[:16]} does not parse ({exc})") from None
         if (len(refs) != chunks or sum(r[1] for r in refs) != records
@@ -634,6 +755,19 @@ class FormatReader:
                     raise ReaderError("integrity", "chunk refs are not in key order")
                 out.append(ref)
         return out
+
+    @staticmethod
+    def chunk_keys_match(plain: bytes, ref: list[Any]) -> bool:
+        """§12.2: the ids of a chunk's first and last records (as sort keys, §11.1) are its
+        ref's first_key and last_key. Not needed to restore; `check --read-data` verifies it."""
+        lines = plain[:-1].split(b"\n")
+        keys = []
+        for line in (lines[0], lines[-1]):
+            rid = json.loads(line).get("id")
+            if isinstance(rid, bool) or not isinstance(rid, int | str):
+                return False
+            keys.append(str(rid))
+        return keys == [ref[3], ref[4]]
 
     def require_packs(self, pack_ids: set[bytes]) -> None:
         for pack_id in sorted(pack_ids):

@@ -17,12 +17,16 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sellerbak.errors import FormatError
+
+#: an epoch as a keyring member name: decimal, no sign, no leading zero
+_EPOCH = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 
 
 def hkdf(master: bytes, info: bytes, length: int = 32) -> bytes:
@@ -49,15 +53,28 @@ class Keyring:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Keyring:
+        """The keyring as docs/FORMAT.md §5.1 spells it, exactly: `current` and `epochs` and no
+        other member, epochs written as decimal u32 without sign or leading zeros, each key
+        32 bytes of padded base64. Nothing is coerced (`"1"`, `1.0` and `true` are not the
+        epoch 1), so every reader finds the same keyrings inconsistent."""
         try:
             obj = json.loads(raw)
-            epochs = {int(e): base64.b64decode(k, validate=True)
-                      for e, k in obj["epochs"].items()}
-            current = int(obj["current"])
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
-                RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise FormatError(f"keyring does not parse: {type(exc).__name__}") from None
-        if current not in epochs or 1 not in epochs or any(len(k) != 32 for k in epochs.values()):
+        if not isinstance(obj, dict) or set(obj) != {"current", "epochs"}:
+            raise FormatError("keyring does not have exactly the members current and epochs")
+        current, named = obj["current"], obj["epochs"]
+        if (not isinstance(named, dict) or not isinstance(current, int)
+                or isinstance(current, bool)
+                or not all(_EPOCH.fullmatch(e) and int(e) < 1 << 32 for e in named)):
+            raise FormatError("keyring is inconsistent")
+        try:
+            epochs = {int(e): base64.b64decode(k, validate=True) for e, k in named.items()
+                      if isinstance(k, str)}
+        except ValueError:
+            raise FormatError("keyring is inconsistent") from None
+        if (len(epochs) != len(named) or current not in epochs or 1 not in epochs
+                or any(len(k) != 32 for k in epochs.values())):
             raise FormatError("keyring is inconsistent")
         return cls(epochs, current)
 

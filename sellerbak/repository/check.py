@@ -8,13 +8,15 @@ tampering, truncation, swaps and bit rot are found before a restore needs the da
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sellerbak.errors import SellerbakError
+from sellerbak.records import record_key
 from sellerbak.repository.datasets import iter_chunk_refs
-from sellerbak.repository.format import PackRecord
+from sellerbak.repository.format import TYPE_CHUNK, PackRecord, blob_type
 from sellerbak.repository.index import Index, read_pack_record
 from sellerbak.repository.manifest import list_snapshot_ids, read_manifest
 from sellerbak.repository.packs import ChunkReader
@@ -41,6 +43,8 @@ def check_repository(repo: Repository, read_data: bool = False,
     index = Index.load(repo)
     stored = pack_sizes(repo)
     referenced: set[bytes] = set()
+    #: with read_data: what each chunk's references claim about it, checked when it is read
+    claimed_keys: dict[bytes, set[tuple[str, str, int, int]]] = {}
     reader = ChunkReader(repo, index)
     for sid in list_snapshot_ids(repo):
         try:
@@ -60,6 +64,9 @@ def check_repository(repo: Repository, read_data: bool = False,
             try:
                 for ref in iter_chunk_refs(reader, ds):
                     referenced.add(ref.chunk_id)
+                    if read_data:
+                        claimed_keys.setdefault(ref.chunk_id, set()).add(
+                            (ref.first_key, ref.last_key, ref.raw_len, ref.records))
                     if ref.chunk_id not in index:
                         report.errors.append(f"{where}: chunk {ref.chunk_id.hex()[:16]} is in "
                                              "no index")
@@ -78,7 +85,7 @@ def check_repository(repo: Repository, read_data: bool = False,
     report.packs = len(needed_packs)
     if read_data:
         _read_all(repo, index, [index.packs[p] for p in sorted(needed_packs) if p in stored],
-                  report, on_pack)
+                  report, on_pack, claimed_keys)
     return report
 
 
@@ -88,8 +95,34 @@ def pack_sizes(repo: Repository) -> dict[bytes, int]:
             if (pid := parse_hex_id(info.name, "data/")) is not None}
 
 
+def chunk_ref_problem(chunk_id: bytes, plain: bytes | memoryview,
+                      claimed: set[tuple[str, str, int, int]]) -> str | None:
+    """Whether a chunk is what its references claim (first and last record ids as
+    `first_key`/`last_key`, its length as `raw_len`, its line count as `records`), or why not.
+    Restore checks the line counts and the dataset's SHA-256 but never parses records; the
+    keys steer the next incremental merge (a change goes to the first chunk whose `last_key`
+    is not below its id), so keys that do not match the records would put changes next to the
+    wrong chunk, and a wrong `raw_len` makes the manifest's byte counts wrong."""
+    data = bytes(plain)
+    try:  # json, not orjson: an integer id beyond 64 bits must keep its digits
+        first = record_key(json.loads(data[:data.index(b"\n")]), "check")
+        last = record_key(json.loads(data[data.rfind(b"\n", 0, len(data) - 1) + 1:]), "check")
+    except (ValueError, RecursionError, SellerbakError):  # no newline, not JSON, no usable id
+        return f"chunk {chunk_id.hex()[:16]}: its records have no readable ids"
+    actual = (first, last, len(data), data.count(b"\n"))
+    if any(ref[:2] != actual[:2] for ref in claimed):
+        return (f"chunk {chunk_id.hex()[:16]}: its first and last record ids differ from the "
+                "keys its reference gives")
+    if any(ref != actual for ref in claimed):
+        return (f"chunk {chunk_id.hex()[:16]}: its length or record count differs from its "
+                "reference")
+    return None
+
+
 def _read_all(repo: Repository, index: Index, packs: list[PackRecord], report: CheckReport,
-              on_pack: Callable[[int], None] | None) -> None:
+              on_pack: Callable[[int], None] | None,
+              claimed_keys: dict[bytes, set[tuple[str, str, int, int]]] | None = None
+              ) -> None:
     reader = ChunkReader(repo, index)
 
     def verify(pack: PackRecord) -> str | None:
@@ -107,7 +140,12 @@ def _read_all(repo: Repository, index: Index, packs: list[PackRecord], report: C
                 if e.offset not in groups:
                     groups[e.offset] = reader.open_group(name, pack.pack_id, e,
                                                          data[e.offset:e.offset + e.length])
-                reader.check_blob(name, e, groups[e.offset])
+                plain = reader.check_blob(name, e, groups[e.offset])
+                claimed = (claimed_keys or {}).get(e.chunk_id)
+                if claimed and blob_type(e.flags) == TYPE_CHUNK:
+                    problem = chunk_ref_problem(e.chunk_id, plain, claimed)
+                    if problem:
+                        return f"{name} {problem}"
         except SellerbakError as exc:
             return str(exc)
         finally:

@@ -170,8 +170,45 @@ def compress(data: bytes, level: int = 3) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(data)
 
 
+ZSTD_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def zstd_frame_length(data: bytes | memoryview) -> int:
+    """The length of the zstd frame `data` starts with (RFC 8878 §3.1.1), from its header and
+    block headers alone; ValueError if `data` does not start with a whole zstd frame. A
+    stream decoder would go on into a second frame, skip skippable frames, and stop at
+    trailing bytes only with an error that says nothing: readers take exactly one frame
+    (docs/FORMAT.md §10), so its end is found here instead."""
+    if len(data) < 5 or bytes(data[:4]) != ZSTD_FRAME_MAGIC:
+        raise ValueError("not a zstd frame")
+    descriptor = data[4]
+    single_segment = bool(descriptor & 0x20)
+    fcs = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 0x03] + fcs
+    while True:
+        if pos + 3 > len(data):
+            raise ValueError("zstd frame is truncated")
+        header = int.from_bytes(data[pos:pos + 3], "little")
+        block_type, size = (header >> 1) & 0x03, header >> 3
+        if block_type == 3:
+            raise ValueError("zstd block of a reserved type")
+        pos += 3 + (1 if block_type == 1 else size)
+        if header & 0x01:  # Last_Block
+            break
+    pos += 4 if descriptor & 0x04 else 0  # Content_Checksum
+    if pos > len(data):
+        raise ValueError("zstd frame is truncated")
+    return pos
+
+
 def decompress(data: bytes, what: str, max_size: int = MAX_DECOMPRESSED) -> bytes:
-    """zstd-decompress untrusted data with an output cap (no decompression bombs)."""
+    """zstd-decompress untrusted data with an output cap (no decompression bombs). The data
+    must be exactly one zstd frame: nothing before it (no skippable frame), nothing after."""
+    try:
+        if zstd_frame_length(data) != len(data):
+            raise FormatError(f"{what}: bytes after its zstd frame")
+    except ValueError as exc:
+        raise FormatError(f"{what}: does not decompress ({exc})") from None
     dctx = zstandard.ZstdDecompressor()
     parts: list[bytes] = []
     total = 0

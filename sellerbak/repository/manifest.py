@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -38,6 +39,89 @@ MANIFEST_FORMAT = "sellerbak-snapshot/1"
 MAX_COUNT = 1 << 63
 log = logging.getLogger(__name__)
 
+#: the one RFC 3339 subset manifests may use (docs/FORMAT.md §12.1): upper-case `T` and `Z`, at
+#: most 6 fractional digits (what every reader can compare exactly), a zone always
+_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
+                   r"(?:(Z)|([+-])(\d\d):(\d\d))", re.ASCII)
+_LOWER_HEX = re.compile(r"[0-9a-f]*", re.ASCII)
+
+
+def parse_time(text: object) -> datetime:
+    """A manifest `time` as an aware datetime; ValueError unless it is exactly the subset of
+    RFC 3339 that docs/FORMAT.md allows. `datetime.fromisoformat` alone would also take
+    spaces, week dates, basic format and naive times, which another reader would refuse, and
+    then two readers would disagree on which snapshot is latest."""
+    match = _TIME.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError("manifest time is not an RFC 3339 time with a zone")
+    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
+    if int(off_h or 0) > 23 or int(off_m or 0) > 59:
+        raise ValueError("manifest time has a bad zone offset")
+    offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
+    zone = UTC if zulu else timezone(-offset if sign == "-" else offset)
+    when = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                    int((frac or "0").ljust(6, "0")), tzinfo=zone)
+    try:
+        when.astimezone(UTC)  # an offset may put the instant outside years 1 to 9999
+    except OverflowError:
+        raise ValueError("manifest time is out of range") from None
+    return when
+
+
+def parse_hex(value: object, length: int) -> bytes:
+    """`length` bytes written as lower-case hex in JSON; ValueError otherwise. bytes.fromhex
+    would also take upper case and spaces, and readers must agree on what is malformed."""
+    if (not isinstance(value, str) or len(value) != 2 * length
+            or not _LOWER_HEX.fullmatch(value)):
+        raise ValueError("not lower-case hex of the right length")
+    return bytes.fromhex(value)
+
+
+def _integer(value: object, low: int = 0) -> int:
+    """A JSON integer in [low, MAX_COUNT): `true`, `1.0` and `"1"` are not integers."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value < MAX_COUNT:
+        raise ValueError("not an integer in range")
+    return value
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return value
+
+
+def _optional(obj: dict[str, Any], name: str, kind: type | tuple[type, ...],
+              default: Any) -> Any:
+    """An optional member: absent means `default`; present, it must have the type given."""
+    if name not in obj:
+        return default
+    value = obj[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"member {name} has the wrong type")
+    return value
+
+
+def dataset_name_problem(names: list[str]) -> str | None:
+    """Why these dataset names cannot all be restored side by side, or None. A name is
+    `/`-separated segments, each non-empty, not `.` or `..`, with no NUL or other control
+    character and no backslash; no two names may be equal ignoring case (they would be one
+    file on a case-insensitive disk), and no name may be a directory prefix of another."""
+    folded: set[str] = set()
+    for name in names:
+        if any(s in ("", ".", "..") for s in name.split("/")):
+            return "has an empty, '.' or '..' segment"
+        if any(c < " " or c in "\x7f\\" for c in name):
+            return "has a control character or a backslash"
+        key = name.casefold()
+        if key in folded:
+            return "equals another name ignoring case"
+        folded.add(key)
+    for key in folded:
+        segments = key.split("/")
+        if any("/".join(segments[:i]) in folded for i in range(1, len(segments))):
+            return "is a directory prefix of another name"
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class ChunkRef:
@@ -52,11 +136,13 @@ class ChunkRef:
 
     @classmethod
     def from_json(cls, obj: Any) -> ChunkRef:
+        if not isinstance(obj, list) or len(obj) != 5:
+            raise ValueError("a chunk reference is not a 5-element array")
         cid, records, raw_len, first, last = obj
-        ref = cls(bytes.fromhex(cid), int(records), int(raw_len), str(first), str(last))
-        if (len(ref.chunk_id) != 32 or not 1 <= ref.records < MAX_COUNT
-                or not 1 <= ref.raw_len < MAX_COUNT):
-            raise ValueError("bad chunk reference")
+        ref = cls(parse_hex(cid, 32), _integer(records, 1), _integer(raw_len, 1),
+                  _string(first), _string(last))
+        if ref.first_key > ref.last_key:
+            raise ValueError("a chunk reference's first key is after its last key")
         return ref
 
 
@@ -82,11 +168,12 @@ class RefListRef:
 
     @classmethod
     def from_json(cls, obj: Any) -> RefListRef:
+        if not isinstance(obj, list) or len(obj) != 6:
+            raise ValueError("a ref-list reference is not a 6-element array")
         bid, chunks, records, raw_len, first, last = obj
-        ref = cls(bytes.fromhex(bid), int(chunks), int(records), int(raw_len), str(first),
-                  str(last))
-        if (len(ref.blob_id) != 32 or ref.chunks < 1 or not ref.chunks <= ref.records < MAX_COUNT
-                or not 0 <= ref.raw_len < MAX_COUNT):
+        ref = cls(parse_hex(bid, 32), _integer(chunks, 1), _integer(records, 1),
+                  _integer(raw_len), _string(first), _string(last))
+        if ref.records < ref.chunks or ref.first_key > ref.last_key:
             raise ValueError("bad ref-list reference")
         return ref
 
@@ -125,20 +212,26 @@ class DatasetEntry:
                 "complete": self.complete, "problem": self.problem, "meta": self.meta}
 
     @classmethod
-    def from_json(cls, name: str, obj: dict[str, Any]) -> DatasetEntry:
-        dict_hex = obj.get("dict")
-        entry = cls(name, int(obj["records"]), int(obj["bytes"]), str(obj["sha256"]),
-                    int(obj["chunks"]), [RefListRef.from_json(r) for r in obj["reflist"]],
-                    bytes.fromhex(dict_hex) if dict_hex else None, obj.get("cursor"),
-                    bool(obj.get("complete", True)), obj.get("problem"),
-                    dict(obj.get("meta") or {}))
+    def from_json(cls, name: str, obj: Any) -> DatasetEntry:
+        """One dataset entry (docs/FORMAT.md §12.1): every type is checked, not coerced, so
+        that every reader finds the same entries malformed. Unknown members are ignored."""
+        if not isinstance(obj, dict):
+            raise ValueError("a dataset entry is not an object")
+        dict_hex = _optional(obj, "dict", (str, type(None)), None)
+        reflist = obj["reflist"]
+        if not isinstance(reflist, list):
+            raise ValueError("reflist is not an array")
+        entry = cls(name, _integer(obj["records"]), _integer(obj["bytes"]),
+                    _string(obj["sha256"]), _integer(obj["chunks"]),
+                    [RefListRef.from_json(r) for r in reflist],
+                    None if dict_hex is None else parse_hex(dict_hex, 32), obj.get("cursor"),
+                    _optional(obj, "complete", bool, True),
+                    _optional(obj, "problem", (str, type(None)), None),
+                    _optional(obj, "meta", dict, {}))
+        parse_hex(entry.sha256, 32)
         if (sum(r.chunks for r in entry.reflist) != entry.chunks
                 or sum(r.records for r in entry.reflist) != entry.records
-                or sum(r.raw_len for r in entry.reflist) != entry.bytes
-                or len(entry.sha256) != 64
-                or (entry.dict_id is not None and len(entry.dict_id) != 32)
-                or not all(0 <= n < MAX_COUNT for n in (entry.records, entry.bytes))
-                or not (isinstance(entry.problem, str) or entry.problem is None)):
+                or sum(r.raw_len for r in entry.reflist) != entry.bytes):
             raise ValueError("dataset totals do not add up")
         return entry
 
@@ -173,7 +266,7 @@ class Manifest:
 
     @property
     def datetime(self) -> datetime:
-        return datetime.fromisoformat(self.time.replace("Z", "+00:00"))
+        return parse_time(self.time)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": MANIFEST_FORMAT, "id": self.id.hex(), "time": self.time,
@@ -184,20 +277,32 @@ class Manifest:
 
     @classmethod
     def from_json(cls, obj: Any, expected_id: bytes) -> Manifest:
+        """A manifest (docs/FORMAT.md §12.1), or ValueError/KeyError if it is malformed: a
+        missing required member, a member of the wrong type (nothing is coerced), hex that
+        is not lower case, a time outside the RFC 3339 subset, or dataset names that cannot
+        be restored side by side. Unknown members are ignored; `complete` is not read (it is
+        recomputed from the datasets)."""
         if not isinstance(obj, dict) or obj.get("format") != MANIFEST_FORMAT:
             raise ValueError("unknown manifest format")
-        mid = bytes.fromhex(obj["id"])
+        mid = parse_hex(obj["id"], 32)
         if mid != expected_id:
             raise ValueError("manifest id does not match its name")
-        m = cls(mid, str(obj["time"]), str(obj["source"]), str(obj["source_type"]),
-                str(obj.get("hostname", "")), [str(t) for t in obj.get("tags", [])],
-                {str(n): DatasetEntry.from_json(str(n), d) for n, d in obj["datasets"].items()},
-                obj.get("parent"), dict(obj.get("summary") or {}))
-        if m.datetime.tzinfo is None:
-            raise ValueError("manifest time has no time zone")
-        if not (isinstance(m.parent, str) or m.parent is None):
-            raise ValueError("manifest parent is not a snapshot id")
-        return m
+        parse_time(obj["time"])
+        tags = _optional(obj, "tags", list, [])
+        datasets = obj["datasets"]
+        if not isinstance(datasets, dict):
+            raise ValueError("datasets is not an object")
+        problem = dataset_name_problem(list(datasets))
+        if problem:
+            raise ValueError(f"a dataset name {problem}")
+        parent = _optional(obj, "parent", (str, type(None)), None)
+        if parent is not None:
+            parse_hex(parent, 32)
+        _optional(obj, "complete", bool, True)
+        return cls(mid, obj["time"], _string(obj["source"]), _string(obj["source_type"]),
+                   _optional(obj, "hostname", str, ""), [_string(t) for t in tags],
+                   {n: DatasetEntry.from_json(n, d) for n, d in datasets.items()},
+                   parent, _optional(obj, "summary", dict, {}))
 
 
 def new_manifest_id() -> bytes:

@@ -43,6 +43,7 @@ from sellerbak.repository.format import (
     blob_type,
     encode_pack_header,
     encode_trailer,
+    zstd_frame_length,
 )
 from sellerbak.repository.index import Index, write_index
 from sellerbak.repository.repo import Repository, pack_name
@@ -682,14 +683,19 @@ class ChunkReader:
 
 def _decompress(dctx: zstandard.ZstdDecompressor, body: bytes, size: int, what: str) -> bytes:
     """Decompress one frame into at most `size` bytes, allocating no more than it really
-    produces. The one-shot decompressor allocates what the frame header declares (ignoring
-    max_output_size then), or max_output_size when the header declares nothing, so neither a
-    damaged header nor a damaged listing may decide the allocation: a frame must declare the
-    group's size (as sellerbak writes them), or is decompressed piecewise."""
+    produces. Always streamed, in pieces of at most 1 MiB: the one-shot decompressor allocates
+    what the frame header declares, so a header that lies about its content size (and a
+    listing that agrees with it) would decide the allocation. A declared size other than the
+    group's is refused before anything is decompressed; zstd itself checks a declared size
+    against the output at the end of the frame. The body must be exactly one frame
+    (docs/FORMAT.md §9.4): a decoder reading on would take in further frames."""
+    try:
+        if zstd_frame_length(body) != len(body):
+            raise IntegrityError(f"{what}: bytes after its zstd frame")
+    except ValueError:
+        raise IntegrityError(f"{what} is not one zstd frame") from None
     declared = zstandard.get_frame_parameters(body).content_size
-    if declared == size:
-        return dctx.decompress(body, max_output_size=size)
-    if declared != zstandard.CONTENTSIZE_UNKNOWN:
+    if declared not in (size, zstandard.CONTENTSIZE_UNKNOWN):
         raise IntegrityError(f"{what}: plaintext has the wrong size")
     out = bytearray()
     reader = dctx.stream_reader(body, read_across_frames=False)
