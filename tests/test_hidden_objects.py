@@ -144,8 +144,8 @@ def test_hidden_newest_snapshot_fails_check_survives_prune_and_is_repaired(shop:
     # prune runs, warns naming it, and deletes nothing the hidden snapshot needs
     proc = shop.cli("prune")
     assert proc.returncode == 0, proc.stderr
-    assert f"warning: snapshots/{newest} hidden by a delete marker" in proc.stderr
     assert shop.names("data/") == packs_before
+    assert f"warning: snapshots/{newest} hidden by a delete marker" in proc.stderr
     assert all(k.endswith(f"snapshots/{newest}") for k in shop.delete_markers())
 
     dry = shop.cli("repair", "hidden", "--dry-run")
@@ -262,8 +262,10 @@ def test_under_object_lock_prune_after_retention_keeps_the_hidden_snapshot(
     assert [e for e in report.errors if e.startswith(f"{hidden_name} hidden")] == report.errors
     assert len(report.errors) == 1
 
+    packs_before = {info.name for info in store.list("data/")}
     time.sleep(5.1)  # every write's 4 s retention has ended: prune could delete anything
     pruned = prune_repository(open_repo(store))
+    assert {info.name for info in store.list("data/")} == packs_before
     assert any(w.startswith(f"{hidden_name} hidden") for w in pruned.warnings)
     head = client.head_object(Bucket=store.bucket, Key=key, VersionId=version["VersionId"])
     assert head["ObjectLockRetainUntilDate"] > datetime.now(UTC) + timedelta(seconds=1)
