@@ -1,6 +1,5 @@
-"""The `repair` commands: put a repository right after someone else changed it.
-
-`repair` is a group (a typer sub-app) so that each kind of repair is its own subcommand."""
+"""The `repair` commands: put a repository right after someone else changed it (a typer
+group, `repair hidden` here; other kinds of repair add their own subcommands to it)."""
 
 from __future__ import annotations
 
@@ -19,11 +18,9 @@ def hidden(
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Show what would be brought "
                                  "back; change nothing."),
 ) -> None:
-    """Bring back snapshots, indexes, packs, key files and the config that a plain delete in a
-    versioned bucket hid behind a delete marker.
+    """Bring back snapshots, indexes and key files hidden behind delete markers.
 
-    Each comes back as the newest stored version that decrypts and is bound to its name; a
-    version that does not verify is never restored."""
+    Each comes back as its newest stored version that decrypts and is bound to its name."""
     from sellerbak.repository.hidden import open_revealing, repair_hidden
 
     repo = open_revealing(_store(), lambda: _passphrase())

@@ -15,6 +15,9 @@ Why each rule is what it is:
   tries again in a later run, as restic and kopia do). Versions whose retention has ended are
   deleted by VersionId, oldest first and delete markers last, so an interrupted delete never
   brings an old version back into view.
+- A versioned bucket without Object Lock gets the same version-wise delete (`bucket_versioned`),
+  so sellerbak never leaves a delete marker over stored versions: one found there was written
+  by somebody else, who hid the object (`hidden_objects`, sellerbak.repository.hidden).
 - Kept snapshots keep needing old packs after those packs' retention has run out, so prune
   extends the retention of everything still needed (`extend_retention`, kopia's "extend object
   locks"). Every needed object stays protected as long as prune runs more often than the
@@ -401,7 +404,8 @@ class ObjectLockSupport:
                 held_until = max(held_until or until, until)
             legal_hold = legal_hold or _legal_hold(head)
         if held_until is not None or legal_hold:
-            if self.object_lock is not None and not self.object_lock.applies_to(name):
+            exempt = self.object_lock.exempt if self.object_lock is not None else EXEMPT_PREFIXES
+            if name.startswith(exempt):
                 self._run(
                     "delete", name, lambda: self.client.delete_object(Bucket=self.bucket, Key=key)
                 )
