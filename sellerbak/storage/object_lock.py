@@ -118,6 +118,7 @@ def _retained_until(head: dict[str, Any]) -> datetime | None:
 
 
 def _aware(when: Any) -> datetime:
+    """A listing's LastModified as an aware UTC datetime (the epoch if a server sent none)."""
     if not isinstance(when, datetime):
         return datetime.fromtimestamp(0, UTC)
     return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
@@ -266,6 +267,8 @@ class ObjectLockSupport:
         lock = self.object_lock
         if lock is None:
             return 0
+        if until is not None and until.tzinfo is None:
+            raise ValueError("extend_version_retention needs an aware datetime")
         target = _ceil_second(until) if until is not None else lock.until()
         todo = [(n, v) for n, v in dict.fromkeys(versions) if lock.applies_to(n)]
         if not todo:
@@ -278,7 +281,8 @@ class ObjectLockSupport:
             if head is None:
                 log.warning("cannot extend retention of a version of %s: it is gone", name)
                 return False
-            return self._retain(name, key, head, target, lock)
+            # never the current version: for a hidden object that is the delete marker
+            return self._retain(name, key, {**head, "VersionId": vid}, target, lock)
 
         with ThreadPoolExecutor(min(EXTEND_WORKERS, len(todo))) as pool:
             return sum(pool.map(one, todo))
