@@ -288,3 +288,23 @@ def test_a_store_without_versions_has_nothing_hidden(tmp_path: Path) -> None:
     from sellerbak.repository.check import check_repository
 
     assert check_repository(open_repo(store)).ok
+
+
+def test_a_hidden_object_without_an_authentic_version_is_left_and_reported(shop: Shop) -> None:
+    """A planted-then-hidden 'snapshot' no key made: prune still runs, repair restores nothing
+    of it and fails with one error line naming it."""
+    shop.ok("init")
+    shop.snapshot("monday")
+    planted = f"snapshots/{'cd' * 32}"
+    shop.client.put_object(Bucket=shop.bucket, Key=f"{shop.prefix}/{planted}",
+                           Body=b"\x01" * 120)
+    shop.hide(planted)
+
+    out = json.loads(shop.ok("--json", "prune"))
+    assert f"{planted}: no stored version is authentic" in out["warnings"]
+    proc = shop.cli("repair", "hidden")
+    assert proc.returncode == 1, proc.stderr
+    (error,) = _error_lines(proc.stderr)
+    assert planted in error and "left hidden" in error
+    assert planted not in shop.names("snapshots/")
+    assert shop.restored_nights() == {"monday"}
