@@ -86,7 +86,16 @@ def check_repository(repo: Repository, read_data: bool = False,
     if read_data:
         _read_all(repo, index, [index.packs[p] for p in sorted(needed_packs) if p in stored],
                   report, on_pack, claimed_keys)
+    _report_hidden(repo, report)
     return report
+
+
+def _report_hidden(repo: Repository, report: CheckReport) -> None:
+    """An object hidden behind a delete marker is an attack (sellerbak never leaves one, see
+    sellerbak.repository.hidden): one error line per object, naming it."""
+    from sellerbak.repository.hidden import describe, find_hidden
+
+    report.errors.extend(describe(hidden) for hidden in find_hidden(repo.store))
 
 
 def pack_sizes(repo: Repository) -> dict[bytes, int]:

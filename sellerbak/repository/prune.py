@@ -44,6 +44,7 @@ from sellerbak.repository.format import (
     blob_type,
     decode_index,
 )
+from sellerbak.repository.hidden import HiddenNeeds, hidden_needs
 from sellerbak.repository.index import Index, read_pack_record, write_index
 from sellerbak.repository.manifest import load_manifests
 from sellerbak.repository.packs import ChunkReader, PackWriter
@@ -164,6 +165,7 @@ def prune_repository(repo: Repository, *, dry_run: bool = False,
     for record in records.values():
         index.add_pack(record)
     used, snapshot_ids = _used_blobs(repo, index, report, ignore)
+    hidden = _keep_hidden(repo, index, used, report)
     plan = _plan(records, used, max_unused, report)
     plan.index_ids = index_ids
     settled = (not plan.delete and not plan.repack and not report.unindexed_packs
@@ -176,6 +178,7 @@ def prune_repository(repo: Repository, *, dry_run: bool = False,
                 + [pack_name(pid) for pid in plan.keep]
                 + ([index_name(iid) for iid in index_ids] if settled else []))
         report.retention_extended = repo.store.extend_retention(live)
+        report.retention_extended += repo.store.extend_version_retention(hidden.versions)
     if dry_run or settled:  # settled: nothing to free, and the index is one object already
         return report
 
@@ -183,7 +186,8 @@ def prune_repository(repo: Repository, *, dry_run: bool = False,
     kept = list(plan.keep.values()) + new_records
     superseded = list(plan.index_ids)
     for start in range(0, max(len(kept), 1), INDEX_PACKS_PER_OBJECT):
-        write_index(repo, kept[start:start + INDEX_PACKS_PER_OBJECT], superseded)
+        write_index(repo, kept[start:start + INDEX_PACKS_PER_OBJECT],
+                    superseded + hidden.index_ids)
         report.indexes_written += 1
     if before_delete is not None:
         before_delete()
@@ -194,6 +198,16 @@ def prune_repository(repo: Repository, *, dry_run: bool = False,
     if remover is not None:
         report.partial_uploads_removed = remover(PARTIAL_UPLOAD_AGE)
     return report
+
+
+def _keep_hidden(repo: Repository, index: Index, used: set[bytes],
+                 report: PruneReport) -> HiddenNeeds:
+    """Objects hidden behind delete markers (sellerbak.repository.hidden) are not gone: add
+    what their manifests need to `used`, and warn naming each. Prune still runs."""
+    needs = hidden_needs(repo, index)
+    used.update(needs.blobs)
+    report.warnings.extend(needs.warnings)  # printed by the command, and in --json output
+    return needs
 
 
 def _load_packs(repo: Repository, report: PruneReport

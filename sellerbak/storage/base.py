@@ -14,11 +14,37 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sellerbak.errors import ObjectNotFoundError
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
     name: str
     size: int
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One stored version of an object in a versioned bucket."""
+
+    version_id: str
+    modified: datetime
+    size: int
+
+
+@dataclass(frozen=True)
+class HiddenObject:
+    """An object whose newest version is a delete marker while older versions are still stored.
+
+    sellerbak never leaves such a thing behind (it deletes every version of what it removes),
+    so one is the trace of a plain DeleteObject by someone else: the object vanished from
+    listings but can be brought back (sellerbak.repository.hidden)."""
+
+    name: str
+    #: when the (newest) delete marker was written
+    hidden_at: datetime
+    #: the versions still stored, newest first
+    versions: tuple[ObjectVersion, ...]
 
 
 class Store(ABC):
@@ -75,6 +101,23 @@ class Store(ABC):
         """Make each object retained at least until `until` (default: now + the configured
         period); returns how many were extended. Retention is never shortened. A no-op on
         stores without Object Lock, so callers need not ask which kind of store they have."""
+        return 0
+
+    # -- versions (versioned S3 buckets); stores without them have nothing hidden ----------
+
+    def hidden_objects(self, prefix: str) -> list[HiddenObject]:
+        """Objects under `prefix` hidden behind a delete marker (see HiddenObject). A store
+        without versions cannot hide anything this way: always empty here."""
+        return []
+
+    def get_version(self, name: str, version_id: str) -> bytes:
+        """Read one stored version of an object (only stores with versions have any)."""
+        raise ObjectNotFoundError(f"object {name} has no stored versions in {self.location}")
+
+    def extend_version_retention(self, versions: Iterable[tuple[str, str]],
+                                 until: datetime | None = None) -> int:
+        """`extend_retention` for given (name, version id) pairs: hidden versions that are
+        still needed stay protected like the live set. A no-op without Object Lock."""
         return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -15,6 +15,9 @@ Why each rule is what it is:
   tries again in a later run, as restic and kopia do). Versions whose retention has ended are
   deleted by VersionId, oldest first and delete markers last, so an interrupted delete never
   brings an old version back into view.
+- A versioned bucket without Object Lock gets the same version-wise delete (`bucket_versioned`),
+  so sellerbak never leaves a delete marker over stored versions: one found there was written
+  by somebody else, who hid the object (`hidden_objects`, sellerbak.repository.hidden).
 - Kept snapshots keep needing old packs after those packs' retention has run out, so prune
   extends the retention of everything still needed (`extend_retention`, kopia's "extend object
   locks"). Every needed object stays protected as long as prune runs more often than the
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import botocore.exceptions as bce
 
 from sellerbak.errors import ConfigError, ObjectNotFoundError, RetentionError
+from sellerbak.storage.base import HiddenObject, ObjectVersion
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,13 @@ def _retained_until(head: dict[str, Any]) -> datetime | None:
     return until.astimezone(UTC) if until.tzinfo else until.replace(tzinfo=UTC)
 
 
+def _aware(when: Any) -> datetime:
+    """A listing's LastModified as an aware UTC datetime (the epoch if a server sent none)."""
+    if not isinstance(when, datetime):
+        return datetime.fromtimestamp(0, UTC)
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _legal_hold(head: dict[str, Any]) -> bool:
     return head.get("ObjectLockLegalHoldStatus") == "ON"
 
@@ -125,6 +136,7 @@ class ObjectLockSupport:
     bucket: str
     location: str
     endpoint: str
+    _base: str
 
     if TYPE_CHECKING:
 
@@ -220,25 +232,158 @@ class ObjectLockSupport:
             except ObjectNotFoundError:
                 log.warning("cannot extend retention of %s: it is missing", name)
                 return False
-            current = _retained_until(head)
-            if current is not None and current >= target:
-                return False
-            mode = "COMPLIANCE" if head.get("ObjectLockMode") == "COMPLIANCE" else lock.mode
-            kwargs: dict[str, Any] = {
-                "Bucket": self.bucket,
-                "Key": key,
-                "Retention": {"Mode": mode, "RetainUntilDate": target},
-                "ChecksumAlgorithm": "CRC32",
-            }
-            if head.get("VersionId"):
-                kwargs["VersionId"] = head["VersionId"]  # exactly the version we looked at
-            self._run(
-                "extend retention of", name, lambda: self.client.put_object_retention(**kwargs)
-            )
-            return True
+            return self._retain(name, key, head, target, lock)
 
         with ThreadPoolExecutor(min(EXTEND_WORKERS, len(todo))) as pool:
             return sum(pool.map(one, todo))
+
+    def _retain(
+        self, name: str, key: str, head: dict[str, Any], target: datetime, lock: ObjectLock
+    ) -> bool:
+        """Lengthen the retention of the version `head` describes to `target` (never shorten
+        it, keep COMPLIANCE); True if it changed."""
+        current = _retained_until(head)
+        if current is not None and current >= target:
+            return False
+        mode = "COMPLIANCE" if head.get("ObjectLockMode") == "COMPLIANCE" else lock.mode
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Retention": {"Mode": mode, "RetainUntilDate": target},
+            "ChecksumAlgorithm": "CRC32",
+        }
+        if head.get("VersionId"):
+            kwargs["VersionId"] = head["VersionId"]  # exactly the version we looked at
+        self._run(
+            "extend retention of", name, lambda: self.client.put_object_retention(**kwargs)
+        )
+        return True
+
+    def extend_version_retention(
+        self, versions: Iterable[tuple[str, str]], until: datetime | None = None
+    ) -> int:
+        """`extend_retention` for named versions (name, version id): a hidden object has no
+        current version, yet its stored one may still be needed and must stay protected."""
+        lock = self.object_lock
+        if lock is None:
+            return 0
+        if until is not None and until.tzinfo is None:
+            raise ValueError("extend_version_retention needs an aware datetime")
+        target = _ceil_second(until) if until is not None else lock.until()
+        todo = [(n, v) for n, v in dict.fromkeys(versions) if lock.applies_to(n)]
+        if not todo:
+            return 0
+
+        def one(item: tuple[str, str]) -> bool:
+            name, vid = item
+            key = self._key(name)
+            head = self._head_version(name, key, vid)
+            if head is None:
+                log.warning("cannot extend retention of a version of %s: it is gone", name)
+                return False
+            # never the current version: for a hidden object that is the delete marker
+            return self._retain(name, key, {**head, "VersionId": vid}, target, lock)
+
+        with ThreadPoolExecutor(min(EXTEND_WORKERS, len(todo))) as pool:
+            return sum(pool.map(one, todo))
+
+    # -- versions: is the bucket versioned, and what is hidden behind delete markers -------
+
+    def bucket_versioned(self) -> bool:
+        """Whether the bucket keeps versions (Enabled or Suspended). There a plain
+        DeleteObject only hides an object behind a delete marker, so `delete` removes every
+        version instead: a delete marker over older versions is then never sellerbak's own,
+        which is how `check` tells an attacker's delete apart. Asked once per store."""
+        known = getattr(self, "_versioned", None)
+        if known is None:
+            known = self.object_lock is not None or self._read_versioning()
+            self._versioned = known
+        return known
+
+    def _read_versioning(self) -> bool:
+        def attempt() -> bool:
+            try:
+                status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+            except bce.ClientError as exc:
+                if _code(exc) in _UNSUPPORTED or _status(exc) in (403, 405, 501):
+                    log.debug("cannot read the versioning state of bucket %s", self.bucket)
+                    return False  # cannot tell: delete as on an unversioned bucket
+                raise
+            return status in ("Enabled", "Suspended")
+
+        return self._run("read the versioning state of bucket", self.bucket, attempt)
+
+    def hidden_objects(self, prefix: str) -> list[HiddenObject]:
+        """Objects under `prefix` whose newest version is a delete marker while older versions
+        are stored (one ListObjectVersions listing). Lock objects are left out: hiding them
+        is how a bucket default retention makes sellerbak release a lock. A service without
+        ListObjectVersions has nothing to show: empty."""
+        full = self._base + prefix
+        stored: dict[str, list[ObjectVersion]] = {}
+        marked: dict[str, datetime] = {}
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
+        while True:
+            page = self._run("list versions under", full or "/", self._version_lister(params))
+            if page is None:
+                return []
+            for item in page.get("Versions", ()):
+                stored.setdefault(str(item.get("Key", "")), []).append(
+                    ObjectVersion(
+                        str(item["VersionId"]),
+                        _aware(item["LastModified"]),
+                        int(item.get("Size") or 0),
+                    )
+                )
+            for item in page.get("DeleteMarkers", ()):
+                if item.get("IsLatest"):
+                    marked[str(item.get("Key", ""))] = _aware(item["LastModified"])
+            if not page.get("IsTruncated"):
+                break
+            params["KeyMarker"] = page.get("NextKeyMarker", "")
+            params["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
+        hidden = []
+        for key, when in sorted(marked.items()):
+            name = key[len(self._base) :]
+            if key not in stored or not key.startswith(self._base) or key.endswith("/"):
+                continue
+            if name.startswith(EXEMPT_PREFIXES):
+                continue
+            # newest first; the server lists a key's versions newest first, and the stable
+            # sort keeps that order for versions written within the same second
+            versions = sorted(stored[key], key=lambda v: v.modified, reverse=True)
+            hidden.append(HiddenObject(name, when, tuple(versions)))
+        return hidden
+
+    def _version_lister(self, params: dict[str, Any]) -> Callable[[], dict[str, Any] | None]:
+        snapshot = dict(params)
+
+        def attempt() -> dict[str, Any] | None:
+            try:
+                return self.client.list_object_versions(**snapshot)
+            except bce.ClientError as exc:
+                if _code(exc) in _UNSUPPORTED or _status(exc) in (405, 501):
+                    return None
+                raise
+
+        return attempt
+
+    def get_version(self, name: str, version_id: str) -> bytes:
+        """Read one stored version (for bringing a hidden object back)."""
+        key = self._key(name)
+
+        def attempt() -> bytes:
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+            except bce.ClientError as exc:
+                if _code(exc) in _GONE or _status(exc) == 404:
+                    raise ObjectNotFoundError(
+                        f"a version of object {name} is missing from {self.location}"
+                    ) from None
+                raise
+            with resp["Body"] as body:
+                return body.read()
+
+        return self._run("read a version of", name, attempt)
 
     # -- deleting ---------------------------------------------------------------------------
 
@@ -263,7 +408,8 @@ class ObjectLockSupport:
                 held_until = max(held_until or until, until)
             legal_hold = legal_hold or _legal_hold(head)
         if held_until is not None or legal_hold:
-            if self.object_lock is not None and not self.object_lock.applies_to(name):
+            exempt = self.object_lock.exempt if self.object_lock is not None else EXEMPT_PREFIXES
+            if name.startswith(exempt):
                 self._run(
                     "delete", name, lambda: self.client.delete_object(Bucket=self.bucket, Key=key)
                 )

@@ -423,7 +423,7 @@ class S3Store(ObjectLockSupport, Store):
                 return
 
     def delete(self, name: str) -> None:
-        if self.object_lock is not None:
+        if self.object_lock is not None or self.bucket_versioned():
             self.delete_versions(name)  # versions for good, or RetentionError; no delete markers
             return
         key = self._key(name)
