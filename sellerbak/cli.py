@@ -619,6 +619,7 @@ from sellerbak.commands import diff as _diff  # noqa: E402,F401
 from sellerbak.commands import drill as _drill  # noqa: E402,F401
 from sellerbak.commands import forget as _forget  # noqa: E402,F401
 from sellerbak.commands import prune as _prune  # noqa: E402,F401
+from sellerbak.commands import repair as _repair  # noqa: E402,F401
 from sellerbak.commands import systemd as _systemd  # noqa: E402,F401
 
 #: signals that end a run the way Ctrl-C does, and the error line each gives

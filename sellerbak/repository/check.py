@@ -1,9 +1,11 @@
 """`check`: is every snapshot restorable from what is stored?
 
-Structure (always): every manifest decrypts and parses, every chunk it references is listed by
-an index, and every indexed pack exists with the size the index records. With `read_data`, every
-pack is downloaded and every blob authenticated, decompressed and its keyed id recomputed, so
-tampering, truncation, swaps and bit rot are found before a restore needs the data.
+Structure (always): every manifest and index object decrypts and parses (one that does not
+is reported: damage, or an object planted by someone without the key), every chunk a manifest
+references is listed by an index, and every indexed pack exists with the size the index
+records. With `read_data`, every pack is downloaded and every blob authenticated, decompressed
+and its keyed id recomputed, so tampering, truncation, swaps and bit rot are found
+before a restore needs the data.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sellerbak.errors import SellerbakError
+from sellerbak.errors import IntegrityError, SellerbakError
 from sellerbak.repository.datasets import iter_chunk_refs
 from sellerbak.repository.format import PackRecord
 from sellerbak.repository.index import Index, read_pack_record
 from sellerbak.repository.manifest import list_snapshot_ids, read_manifest
 from sellerbak.repository.packs import ChunkReader
-from sellerbak.repository.repo import Repository, pack_name, parse_hex_id
+from sellerbak.repository.repo import Repository, pack_name, parse_hex_id, snapshot_name
+from sellerbak.repository.unreadable import Unreadable
 
 
 @dataclass
@@ -38,13 +41,17 @@ class CheckReport:
 def check_repository(repo: Repository, read_data: bool = False,
                      on_pack: Callable[[int], None] | None = None) -> CheckReport:
     report = CheckReport()
-    index = Index.load(repo)
+    index = Index.load(repo, warn=False)
+    report.errors.extend(_unreadable_indexes(index))
     stored = pack_sizes(repo)
     referenced: set[bytes] = set()
     reader = ChunkReader(repo, index)
     for sid in list_snapshot_ids(repo):
         try:
             manifest = read_manifest(repo, sid)
+        except IntegrityError as exc:  # format errors included
+            report.errors.append(Unreadable(snapshot_name(sid), str(exc)).describe())
+            continue
         except SellerbakError as exc:
             report.errors.append(str(exc))
             continue
@@ -80,6 +87,13 @@ def check_repository(repo: Repository, read_data: bool = False,
         _read_all(repo, index, [index.packs[p] for p in sorted(needed_packs) if p in stored],
                   report, on_pack)
     return report
+
+
+def _unreadable_indexes(index: Index) -> list[str]:
+    """One error per index object the index left out: the blobs it lists are unknown, so
+    a snapshot needing them does not restore until the index is rebuilt."""
+    return [f"{item.describe()}; 'sellerbak repair index' rebuilds the index from the packs"
+            for item in index.unreadable]
 
 
 def pack_sizes(repo: Repository) -> dict[bytes, int]:
