@@ -34,7 +34,7 @@ from sellerbak.crypto.envelope import Kind
 from sellerbak.errors import IntegrityError, RetentionError
 from sellerbak.repository.check import check_repository
 from sellerbak.repository.format import TYPE_CHUNK, PackRecord, blob_type, compress, encode_index
-from sellerbak.repository.index import Index, read_index_objects
+from sellerbak.repository.index import Index, IndexVersionError, read_index_objects
 from sellerbak.repository.manifest import load_manifests
 from sellerbak.repository.prune import prune_repository
 from sellerbak.repository.repair_index import repair_index
@@ -154,6 +154,16 @@ def test_an_unreadable_index_beside_the_real_one_is_skipped_and_reported(shop: S
     assert any(junk in w for w in pruned.warnings)
     assert shop.store.exists(junk)  # left alone: prune deletes only what it can authenticate
     assert [m.source for m in load_manifests(shop.repo())] == ["shop", "shop"]
+
+
+def test_an_index_of_an_unknown_version_still_stops_the_reader(shop: Shop) -> None:
+    """Only a key holder (a newer sellerbak) writes one, and it may supersede the others:
+    skipping it would trust index objects that may list deleted packs (FORMAT.md §10)."""
+    name = _new_name("index/")
+    shop.store.put(name, shop.repo().seal(Kind.INDEX, bytes.fromhex(name[6:]),
+                                          compress(b"SBIX\x03" + bytes(8))))
+    with pytest.raises(IndexVersionError, match="unsupported index version 3"):
+        Index.load(shop.repo())
 
 
 def test_each_command_warns_once_about_a_junk_index_and_check_fails(shop: Shop) -> None:
