@@ -42,7 +42,7 @@ def check_repository(repo: Repository, read_data: bool = False,
                      on_pack: Callable[[int], None] | None = None) -> CheckReport:
     report = CheckReport()
     index = Index.load(repo, warn=False)
-    report.errors.extend(_unreadable_indexes(index))
+    unreadable_at = len(report.errors)  # their lines go here, once we know if they matter
     stored = pack_sizes(repo)
     referenced: set[bytes] = set()
     reader = ChunkReader(repo, index)
@@ -73,6 +73,8 @@ def check_repository(repo: Repository, read_data: bool = False,
             except SellerbakError as exc:
                 report.errors.append(f"{where}: {exc}")
     report.chunks_referenced = len(referenced)
+    report.errors[unreadable_at:unreadable_at] = _unreadable_indexes(
+        index, needed=any(c not in index for c in referenced))
     needed_packs = {index.locate(c).pack_id for c in referenced if c in index}
     for pid, pack in index.packs.items():
         if pid not in stored:
@@ -89,11 +91,12 @@ def check_repository(repo: Repository, read_data: bool = False,
     return report
 
 
-def _unreadable_indexes(index: Index) -> list[str]:
-    """One error per index object the index left out: the blobs it lists are unknown, so
-    a snapshot needing them does not restore until the index is rebuilt."""
-    return [f"{item.describe()}; 'sellerbak repair index' rebuilds the index from the packs"
-            for item in index.unreadable]
+def _unreadable_indexes(index: Index, needed: bool) -> list[str]:
+    """One error per index object the index left out. The blobs it lists are unknown, so when
+    snapshots `needed` blobs no readable index lists, they may be there: the line says how to
+    rebuild the index from the packs."""
+    hint = "; 'sellerbak repair index' rebuilds the index from the packs" if needed else ""
+    return [item.describe() + hint for item in index.unreadable]
 
 
 def pack_sizes(repo: Repository) -> dict[bytes, int]:

@@ -30,7 +30,11 @@ class Unreadable:
     reason: str
 
     def describe(self) -> str:
-        reason = self.reason.removeprefix(self.name).lstrip(": ")
+        reason = self.reason
+        if reason.startswith(self.name + " "):  # "index/… failed authentication: …"
+            reason = "it " + reason[len(self.name) + 1:]
+        elif reason.startswith(self.name + ":"):  # "index/…: bad index magic"
+            reason = reason[len(self.name) + 1:].lstrip()
         return f"{self.name} cannot be read ({SUSPECT}): {reason}"
 
 
