@@ -1,15 +1,25 @@
-"""The `repair` commands: put a repository right after someone else changed it (a typer
-group, `repair hidden` here; other kinds of repair add their own subcommands to it)."""
+"""The `repair` commands: put a repository right after damage, planted objects or someone
+else's deletions made part of it unusable (a typer group, one subcommand per kind of repair)."""
 
 from __future__ import annotations
 
 import typer
 
-from sellerbak.cli import _passphrase, _store, app, emit_json, lock_repo, say, settings, summary
+from sellerbak.cli import (
+    _open_repo,
+    _passphrase,
+    _store,
+    app,
+    emit_json,
+    lock_repo,
+    say,
+    settings,
+    summary,
+)
 from sellerbak.errors import IntegrityError
 
-repair_app = typer.Typer(help="Repair a repository that someone else changed.",
-                         no_args_is_help=True)
+repair_app = typer.Typer(help="Repair the repository after damage, planted objects or hidden "
+                         "ones.", no_args_is_help=True)
 app.add_typer(repair_app, name="repair")
 
 
@@ -37,3 +47,23 @@ def hidden(
     if report.unrecoverable:
         raise IntegrityError(f"{len(report.unrecoverable)} hidden object(s) cannot be "
                              f"restored: {report.unrecoverable[0]}")
+
+
+@repair_app.command("index")
+def repair_index(
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Show what would be "
+                                 "indexed and replaced; change nothing."),
+) -> None:
+    """Rebuild the index from the pack headers (after index objects were lost, damaged or
+    replaced by junk); the old readable index objects are replaced."""
+    from sellerbak.repository.repair_index import repair_index as rebuild
+
+    repo = _open_repo()
+    with lock_repo(repo, exclusive=True) as lock:
+        report = rebuild(repo, dry_run=dry_run, before_delete=lock.ensure_held)
+    if settings.json:
+        emit_json(report.to_json())
+        return
+    for line in report.describe():
+        say(line)
+    summary(report.summary_line())

@@ -1,9 +1,11 @@
 """`check`: is every snapshot restorable from what is stored?
 
-Structure (always): every manifest decrypts and parses, every chunk it references is listed by
-an index, and every indexed pack exists with the size the index records. With `read_data`, every
-pack is downloaded and every blob authenticated, decompressed and its keyed id recomputed, so
-tampering, truncation, swaps and bit rot are found before a restore needs the data.
+Structure (always): every manifest and index object decrypts and parses (one that does not
+is reported: damage, or an object planted by someone without the key), every chunk a manifest
+references is listed by an index, and every indexed pack exists with the size the index
+records. With `read_data`, every pack is downloaded and every blob authenticated, decompressed
+and its keyed id recomputed, so tampering, truncation, swaps and bit rot are found
+before a restore needs the data.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sellerbak.errors import SellerbakError
+from sellerbak.errors import IntegrityError, SellerbakError
 from sellerbak.records import record_key
 from sellerbak.repository.datasets import iter_chunk_refs
 from sellerbak.repository.format import TYPE_CHUNK, PackRecord, blob_type
 from sellerbak.repository.index import Index, read_pack_record
 from sellerbak.repository.manifest import list_snapshot_ids, read_manifest
 from sellerbak.repository.packs import ChunkReader
-from sellerbak.repository.repo import Repository, pack_name, parse_hex_id
+from sellerbak.repository.repo import Repository, pack_name, parse_hex_id, snapshot_name
+from sellerbak.repository.unreadable import Unreadable
 
 
 @dataclass
@@ -40,7 +43,8 @@ class CheckReport:
 def check_repository(repo: Repository, read_data: bool = False,
                      on_pack: Callable[[int], None] | None = None) -> CheckReport:
     report = CheckReport()
-    index = Index.load(repo)
+    index = Index.load(repo, warn=False)
+    unreadable_at = len(report.errors)  # their lines go here, once we know if they matter
     stored = pack_sizes(repo)
     referenced: set[bytes] = set()
     #: with read_data: what each chunk's references claim about it, checked when it is read
@@ -49,6 +53,9 @@ def check_repository(repo: Repository, read_data: bool = False,
     for sid in list_snapshot_ids(repo):
         try:
             manifest = read_manifest(repo, sid)
+        except IntegrityError as exc:  # format errors included
+            report.errors.append(Unreadable(snapshot_name(sid), str(exc)).describe())
+            continue
         except SellerbakError as exc:
             report.errors.append(str(exc))
             continue
@@ -73,6 +80,8 @@ def check_repository(repo: Repository, read_data: bool = False,
             except SellerbakError as exc:
                 report.errors.append(f"{where}: {exc}")
     report.chunks_referenced = len(referenced)
+    report.errors[unreadable_at:unreadable_at] = _unreadable_indexes(
+        index, needed=any(c not in index for c in referenced))
     needed_packs = {index.locate(c).pack_id for c in referenced if c in index}
     for pid, pack in index.packs.items():
         if pid not in stored:
@@ -96,6 +105,14 @@ def _report_hidden(repo: Repository, report: CheckReport) -> None:
     from sellerbak.repository.hidden import describe, find_hidden
 
     report.errors.extend(describe(hidden) for hidden in find_hidden(repo.store))
+
+
+def _unreadable_indexes(index: Index, needed: bool) -> list[str]:
+    """One error per index object the index left out. The blobs it lists are unknown, so when
+    snapshots `needed` blobs no readable index lists, they may be there: the line says how to
+    rebuild the index from the packs."""
+    hint = "; 'sellerbak repair index' rebuilds the index from the packs" if needed else ""
+    return [item.describe() + hint for item in index.unreadable]
 
 
 def pack_sizes(repo: Repository) -> dict[bytes, int]:

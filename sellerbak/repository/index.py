@@ -41,6 +41,7 @@ from sellerbak.repository.format import (
     encode_index,
 )
 from sellerbak.repository.repo import Repository, index_name, pack_name, parse_hex_id
+from sellerbak.repository.unreadable import Unreadable, warn_once
 
 ID_LEN = 32
 _EMPTY = -1
@@ -109,6 +110,8 @@ class Index:
         self.index_ids: set[bytes] = set()
         #: packs found in storage that no index object lists (recovered from their headers)
         self.unindexed: list[PackRecord] = []
+        #: index objects that did not open or parse, left out (see `load`)
+        self.unreadable: list[Unreadable] = []
         self._pack_ids: list[bytes] = []
         # rows
         self._ids = bytearray()
@@ -155,9 +158,20 @@ class Index:
     def locate(self, blob_id: bytes) -> Location:
         row = self.row(blob_id)
         if row < 0:
-            raise IntegrityError(
-                f"chunk {blob_id.hex()[:16]} is referenced but no index lists it")
+            raise self.not_listed(blob_id)
         return Location(self._pack_ids[self.group_pack[self._row_group[row]]], self.entry(row))
+
+    def not_listed(self, blob_id: bytes) -> IntegrityError:
+        """The error for a referenced blob this index lacks; when index objects were left out
+        as unreadable, it names them (the blob may be listed only there) and the way back."""
+        message = f"chunk {blob_id.hex()[:16]} is referenced but no index lists it"
+        if self.unreadable:
+            first = self.unreadable[0].name
+            more = len(self.unreadable) - 1
+            message += (f"; {first}" + (f" and {more} more index objects" if more else "")
+                        + " cannot be read: run 'sellerbak repair index' to rebuild the index "
+                        "from the packs")
+        return IntegrityError(message)
 
     def entry(self, row: int) -> BlobEntry:
         g = self._row_group[row]
@@ -277,31 +291,33 @@ class Index:
     # ----- loading ----------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, repo: Repository, recover: bool = False, workers: int = 8) -> Index:
+    def load(cls, repo: Repository, recover: bool = False, workers: int = 8,
+             warn: bool = True) -> Index:
+        """The index of the repository: every readable, not superseded index object, plus
+        (with `recover`) the headers of packs none of them lists.
+
+        An index object that does not open or parse is left out (`unreadable`), with one
+        warning unless `warn` is off (check reports it itself): a planted object must not stop
+        every backup and restore. Leaving it out is safe because nothing is ever taken from
+        it: a blob only it lists is not in this index, so a snapshot run stores that data
+        again (or finds it in the pack's authenticated header) and a restore that needs it
+        fails naming the unreadable object."""
         index = cls()
-        names = sorted((i.name, parse_hex_id(i.name, "index/"))
-                       for i in repo.store.list("index/"))
-        names = [(n, iid) for n, iid in names if iid is not None]
-
-        def fetch(item: tuple[str, bytes]) -> tuple[bytes, bytes, list[bytes], int, str]:
-            name, iid = item
-            plain = decompress(repo.open_sealed(Kind.INDEX, iid, repo.store.get(name), name),
-                               name)
-            return iid, plain, *_index_layout(plain, name), name
-
-        with ThreadPoolExecutor(workers) as pool:
-            loaded = list(pool.map(fetch, names))
+        loaded, index.unreadable = read_index_objects(repo, workers)
+        if warn:
+            for item in index.unreadable:
+                warn_once(item)
         # prune writes a consolidated index that names the ones it replaces, then deletes
         # them; until they are gone (or if prune was interrupted) they must be ignored, since
         # they may list packs that prune has deleted since
-        superseded = {old for _iid, _plain, sup, _n, _name in loaded for old in sup}
-        index.reserve(sum(n for iid, _plain, _sup, n, _name in loaded if iid not in superseded))
+        superseded = {old for obj in loaded for old in obj.supersedes}
+        index.reserve(sum(obj.entries for obj in loaded if obj.index_id not in superseded))
         while loaded:  # each object's plaintext is dropped once it is in the index
-            iid, plain, _sup, _n, name = loaded.pop(0)
-            if iid in superseded:
+            obj = loaded.pop(0)
+            if obj.index_id in superseded:
                 continue
-            index.index_ids.add(iid)
-            for pack_id, size, entries in _index_packs(plain, name):
+            index.index_ids.add(obj.index_id)
+            for pack_id, size, entries in _index_packs(obj.plain, obj.name):
                 index.add_entries(pack_id, size, entries)
         if recover:
             stored = {pid: info.size for info in repo.store.list("data/")
@@ -322,11 +338,59 @@ class Index:
         return index
 
 
+class IndexVersionError(FormatError):
+    """An index object that opened under the key but carries a version this reader does not
+    know. Only a key holder (a newer sellerbak) writes one, and it may supersede others, so it
+    stops the run rather than being skipped: skipping it would trust the index objects it
+    replaces, which may list deleted packs (docs/FORMAT.md §2, §10)."""
+
+
+@dataclass(slots=True)
+class IndexObject:
+    """One index object that opened and whose layout checked out, not yet decoded."""
+
+    index_id: bytes
+    name: str
+    plain: bytes
+    supersedes: list[bytes]
+    entries: int
+
+    def pack_records(self) -> list[PackRecord]:
+        """Its pack records, decoded in full (prune's way; loading builds rows instead)."""
+        return [PackRecord(pack_id, size, tuple(BlobEntry(*e) for e in entries))
+                for pack_id, size, entries in _index_packs(self.plain, self.name)]
+
+
+def read_index_objects(repo: Repository, workers: int = 8
+                       ) -> tuple[list[IndexObject], list[Unreadable]]:
+    """Every `index/` object in name order: the readable ones, and the ones that do not open
+    (junk, truncated, another key, sealed for another name) or do not parse."""
+    names = sorted((i.name, parse_hex_id(i.name, "index/")) for i in repo.store.list("index/"))
+
+    def fetch(item: tuple[str, bytes]) -> IndexObject | Unreadable:
+        name, iid = item
+        try:
+            plain = decompress(repo.open_sealed(Kind.INDEX, iid, repo.store.get(name), name),
+                               name)
+            supersedes, entries = _index_layout(plain, name)
+        except IndexVersionError:
+            raise
+        except IntegrityError as exc:  # FormatError included
+            return Unreadable(name, str(exc))
+        return IndexObject(iid, name, plain, supersedes, entries)
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(fetch, [(n, iid) for n, iid in names if iid is not None]))
+    return ([r for r in results if isinstance(r, IndexObject)],
+            [r for r in results if isinstance(r, Unreadable)])
+
+
 def _index_header(plain: bytes, what: str) -> int:
     if len(plain) < 9 or plain[:4] != INDEX_MAGIC:
         raise FormatError(f"{what}: bad index magic")
     if plain[4] not in (FORMAT_VERSION, INDEX_VERSION_SUPERSEDES):
-        raise FormatError(f"{what}: unsupported index version {plain[4]}")
+        raise IndexVersionError(f"{what}: unsupported index version {plain[4]} (written by "
+                                "a newer sellerbak?)")
     return int.from_bytes(plain[5:9], "big")
 
 

@@ -14,7 +14,6 @@ manifest stays small however large the shop grows.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,16 +27,17 @@ from sellerbak.errors import (
     FormatError,
     IntegrityError,
     ObjectNotFoundError,
+    SellerbakError,
     SnapshotNotFoundError,
 )
 from sellerbak.repository.format import compress, decompress
 from sellerbak.repository.repo import Repository, parse_hex_id, snapshot_name
+from sellerbak.repository.unreadable import Unreadable, warn_once
 
 MANIFEST_FORMAT = "sellerbak-snapshot/1"
 #: bound of every count and length in a manifest (totals of larger ones would not add up
 #: reliably, nor print: a snapshot listing divides them as floats)
 MAX_COUNT = 1 << 63
-log = logging.getLogger(__name__)
 
 #: the one RFC 3339 subset manifests may use (docs/FORMAT.md §12.1): upper-case `T` and `Z`, at
 #: most 6 fractional digits (what every reader can compare exactly), a zone always
@@ -326,18 +326,28 @@ def write_manifest(repo: Repository, manifest: Manifest) -> None:
     repo.store.put(snapshot_name(manifest.id), repo.seal(Kind.MANIFEST, manifest.id, plain))
 
 
+class ManifestParseError(FormatError):
+    """A manifest that opened under the key but does not decompress or parse. Only a key
+    holder writes one (a newer sellerbak, a development build): unlike a planted or damaged
+    object it may well be a snapshot, so prune refuses to run past it."""
+
+
 def read_manifest(repo: Repository, snapshot_id: bytes) -> Manifest:
     name = snapshot_name(snapshot_id)
     try:
         data = repo.store.get(name)
     except ObjectNotFoundError:
         raise SnapshotNotFoundError(f"snapshot {snapshot_id.hex()[:8]} not found") from None
-    plain = decompress(repo.open_sealed(Kind.MANIFEST, snapshot_id, data, name), name)
+    sealed_plain = repo.open_sealed(Kind.MANIFEST, snapshot_id, data, name)
+    try:
+        plain = decompress(sealed_plain, name)
+    except FormatError as exc:
+        raise ManifestParseError(str(exc)) from None
     try:
         return Manifest.from_json(json.loads(plain), snapshot_id)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
             RecursionError) as exc:  # OverflowError: int(1e400); RecursionError: deep nesting
-        raise FormatError(f"{name}: manifest does not parse ({exc})") from None
+        raise ManifestParseError(f"{name}: manifest does not parse ({exc})") from None
 
 
 def list_snapshot_ids(repo: Repository) -> list[bytes]:
@@ -345,28 +355,42 @@ def list_snapshot_ids(repo: Repository) -> list[bytes]:
             if (sid := parse_hex_id(info.name, "snapshots/")) is not None]
 
 
-def load_manifests(repo: Repository, problems: list[str] | None = None) -> list[Manifest]:
+def load_manifests(repo: Repository, problems: list[str] | None = None,
+                   authentic: list[str] | None = None, warn: bool = True) -> list[Manifest]:
     """Every readable snapshot, oldest first.
 
-    A manifest that cannot be read (damaged, or planted by someone without the key) is left
-    out and described in `problems` rather than stopping every backup and restore; `check`
-    reports it as an error."""
+    A manifest that cannot be read (damaged, or planted by someone without the key) is not a
+    snapshot (docs/FORMAT.md §12.3): it is left out with one warning and described in
+    `problems` rather than stopping every backup and restore; `check` reports it as an error.
+    Those among them that opened under the key but do not parse are also described in
+    `authentic` (a key holder wrote them: prune must not treat their data as garbage).
+    `warn` off: the caller reports `problems` itself."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(sid: bytes) -> Manifest | str:
+    def one(sid: bytes) -> Manifest | SellerbakError:
         try:
             return read_manifest(repo, sid)
         except (FormatError, IntegrityError, SnapshotNotFoundError) as exc:
-            return str(exc)
+            return exc
 
+    sids = list_snapshot_ids(repo)
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, list_snapshot_ids(repo)))
+        results = list(pool.map(one, sids))
     manifests = [r for r in results if isinstance(r, Manifest)]
-    if problems is not None:
-        problems.extend(r for r in results if isinstance(r, str))
-    for r in results:
-        if isinstance(r, str):
-            log.warning("skipping unreadable snapshot: %s", r)
+    for sid, r in zip(sids, results, strict=True):
+        if isinstance(r, Manifest):
+            continue
+        if isinstance(r, SnapshotNotFoundError):  # gone since the listing: forgotten
+            if problems is not None:
+                problems.append(str(r))
+            continue
+        item = Unreadable(snapshot_name(sid), str(r))
+        if problems is not None:
+            problems.append(item.describe())
+        if authentic is not None and isinstance(r, ManifestParseError):
+            authentic.append(item.describe())
+        if warn:
+            warn_once(item)
     return sorted(manifests, key=lambda m: (m.datetime, m.id))
 
 

@@ -463,8 +463,7 @@ class ChunkReader:
         for blob_id in ids:
             row = row_of(blob_id)
             if row < 0:
-                raise IntegrityError(
-                    f"chunk {blob_id.hex()[:16]} is referenced but no index lists it")
+                raise index.not_listed(blob_id)
             group, length, raw_offset, raw_len, flags = fields(row)
             if (flags >> TYPE_SHIFT) & 0x03 != btype:
                 raise IntegrityError(f"blob {blob_id.hex()[:16]} is not of the type its "

@@ -13,8 +13,14 @@ The order of steps is what makes an interrupted prune harmless (the same order a
 
 Killed anywhere in 2-3, the repository still has its old indexes and packs, plus extra packs
 the next run reuses or removes. Killed anywhere in 4, the new index already lists every
-needed blob and the deleted objects were needed by nobody. Prune refuses to run when a
-snapshot cannot be read, since it cannot know what such a snapshot needs.
+needed blob and the deleted objects were needed by nobody.
+
+Objects that do not open (damaged, or planted by someone without the key) are ignored and
+left in place, with a warning: such a manifest is not a snapshot, such an index object is
+neither trusted nor superseded (its packs are read through their headers). Prune refuses to
+run when a manifest opens under the key but does not parse (a newer sellerbak's?), or a
+needed blob is in no readable index and no pack header (it might be in any pack), since it
+cannot know what it would delete.
 
 The caller holds the exclusive lock. Objects under S3 Object Lock retention cannot be
 deleted before it ends: prune leaves them and counts them; a later prune removes them.
@@ -29,7 +35,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sellerbak.crypto.envelope import Kind
 from sellerbak.errors import (
     IntegrityError,
     ObjectNotFoundError,
@@ -42,10 +47,9 @@ from sellerbak.repository.format import (
     TYPE_REFLIST,
     PackRecord,
     blob_type,
-    decode_index,
 )
 from sellerbak.repository.hidden import HiddenNeeds, hidden_needs
-from sellerbak.repository.index import Index, read_pack_record, write_index
+from sellerbak.repository.index import Index, read_index_objects, read_pack_record, write_index
 from sellerbak.repository.manifest import load_manifests
 from sellerbak.repository.packs import ChunkReader, PackWriter
 from sellerbak.repository.repo import (
@@ -213,26 +217,24 @@ def _keep_hidden(repo: Repository, index: Index, used: set[bytes],
 def _load_packs(repo: Repository, report: PruneReport
                 ) -> tuple[dict[bytes, PackRecord], list[bytes]]:
     """Every stored pack with its blob list (from the live index objects, else its header),
-    and the ids of every index object (all of which the new index supersedes)."""
+    and the ids of every readable index object (all of which the new index supersedes).
+
+    An index object that does not open or parse is left out and left alone, with a warning:
+    nothing in it can be trusted, so the packs only it lists are read through their headers
+    like any unindexed pack; it is not superseded (what it lists is not carried over, so a
+    claim to replace it would be false) and not deleted (prune deletes only what it can prove
+    unneeded, and under Object Lock could not anyway)."""
     stored = {pid: info.size for info in repo.store.list("data/")
               if (pid := parse_hex_id(info.name, "data/")) is not None}
-    names = [(info.name, iid) for info in repo.store.list("index/")
-             if (iid := parse_hex_id(info.name, "index/")) is not None]
-
-    def fetch(item: tuple[str, bytes]) -> tuple[bytes, list[PackRecord], list[bytes]]:
-        name, iid = item
-        plain = repo.open_sealed(Kind.INDEX, iid, repo.store.get(name), name)
-        packs, supersedes = decode_index(plain, name)
-        return iid, packs, supersedes
-
-    with ThreadPoolExecutor(8) as pool:
-        loaded = list(pool.map(fetch, names))
-    superseded = {old for _iid, _packs, sup in loaded for old in sup}
+    loaded, unreadable = read_index_objects(repo)
+    report.warnings.extend(f"{item.describe()}; ignored and left in place"
+                           for item in unreadable)
+    superseded = {old for obj in loaded for old in obj.supersedes}
     records: dict[bytes, PackRecord] = {}
-    for iid, packs, _sup in loaded:
-        if iid in superseded:
+    for obj in loaded:
+        if obj.index_id in superseded:
             continue
-        for pack in packs:
+        for pack in obj.pack_records():
             if pack.pack_id not in stored:
                 continue  # listed but gone: only a problem if a snapshot needs it (see below)
             if stored[pack.pack_id] != pack.size:
@@ -252,21 +254,27 @@ def _load_packs(repo: Repository, report: PruneReport
     with ThreadPoolExecutor(8) as pool:
         for pid, size, record in pool.map(header, unindexed):
             report.unindexed_packs += 1
-            # an unreadable pack no index lists is the remains of a killed upload
+            # an unreadable pack no readable index lists is the remains of a killed upload,
+            # or junk; it may be deleted because prune stops (_used_blobs) when a needed blob
+            # is found in no readable index and no pack header: then it might be in this one
             records[pid] = record if record is not None else PackRecord(pid, size, ())
     report.packs_total = len(records)
     report.bytes_total = sum(r.size for r in records.values())
-    return records, [iid for _name, iid in names]
+    return records, [obj.index_id for obj in loaded]
 
 
 def _used_blobs(repo: Repository, index: Index, report: PruneReport,
                 ignore: set[bytes] | frozenset[bytes]) -> tuple[set[bytes], list[bytes]]:
     """The ids of every blob a snapshot needs, and the ids of those snapshots."""
     problems: list[str] = []
-    manifests = [m for m in load_manifests(repo, problems) if m.id not in ignore]
-    if problems:
-        raise IntegrityError(f"refusing to prune: {len(problems)} snapshot(s) cannot be read "
-                             f"({problems[0]}); run 'sellerbak check'")
+    authentic: list[str] = []
+    manifests = [m for m in load_manifests(repo, problems, authentic, warn=False)
+                 if m.id not in ignore]
+    if authentic:  # a key holder wrote it (a newer sellerbak?): its data may be needed
+        raise IntegrityError(f"refusing to prune: {len(authentic)} snapshot(s) open but do "
+                             f"not parse ({authentic[0]}); run 'sellerbak check'")
+    # one that does not open is not a snapshot (docs/FORMAT.md §12.3) and needs nothing
+    report.warnings.extend(f"{problem}; ignored and left in place" for problem in problems)
     report.snapshots = len(manifests)
     reader = ChunkReader(repo, index)
     used: set[bytes] = set()
