@@ -236,6 +236,7 @@ def init() -> None:
     if not secret:
         raise UsageError("an empty passphrase is not allowed")
     repo = Repository.init(store, secret, kdf)
+    _remember_key(repo, repo.key_id)
     if settings.json:
         emit_json({"repository_id": repo.repo_id.hex(), "location": store.location,
                    "key_id": repo.key_id})

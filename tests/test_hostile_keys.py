@@ -223,8 +223,7 @@ def test_cli_records_the_last_opened_key_and_key_list_reports_planted_files(
     cfg = write_config(tmp_path, "./repo", [{"name": "demo", "type": "demo"}])
     _ok(run_cli("-c", str(cfg), "init"))
     hints = tmp_path / "state" / "last-key"
-    # init does not need the hint: the first open records it, 0600 in a 0700 directory
-    _ok(run_cli("-c", str(cfg), "snapshots"))
+    # init records the hint, 0600 in a 0700 directory
     (hint,) = hints.iterdir()
     key_id = hint.read_text().strip()
     assert stat.S_IMODE(hint.stat().st_mode) == 0o600
@@ -268,11 +267,25 @@ def test_cli_records_the_last_opened_key_and_key_list_reports_planted_files(
 
 def test_a_failed_hint_write_is_only_a_warning(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "./repo", [{"name": "demo", "type": "demo"}])
-    _ok(run_cli("-c", str(cfg), "init"))
-    (tmp_path / "state").mkdir(mode=0o700, exist_ok=True)
+    (tmp_path / "state").mkdir(mode=0o700)
     (tmp_path / "state" / "last-key").write_text("not a directory")
+    created = _ok(run_cli("-c", str(cfg), "init"))
+    assert "warning: cannot write the last-opened key id" in created.stderr
     proc = _ok(run_cli("-c", str(cfg), "--json", "snapshots", env=cli_env()))
     assert json.loads(proc.stdout) == []
     (warning,) = proc.stderr.strip().splitlines()
     assert warning.startswith("warning: cannot write the last-opened key id")
-    assert PASSPHRASE not in proc.stderr
+    assert PASSPHRASE not in proc.stderr + created.stderr
+
+
+def test_key_passwd_moves_the_hint_to_the_new_key(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "./repo", [{"name": "demo", "type": "demo"}])
+    _ok(run_cli("-c", str(cfg), "init"))
+    (hint,) = (tmp_path / "state" / "last-key").iterdir()
+    old = hint.read_text().strip()
+    new_pass = tmp_path / "new-passphrase"
+    new_pass.write_text("another passphrase\n")
+    moved = json.loads(_ok(run_cli("-c", str(cfg), "--json", "key", "passwd",
+                                   "--new-passphrase-file", str(new_pass))).stdout)
+    assert moved["removed"] == old and hint.read_text().strip() == moved["key_id"]
+    assert stat.S_IMODE(hint.stat().st_mode) == 0o600
