@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,9 +153,10 @@ def _passphrase(confirm: bool = False) -> str:
     return passphrase_from_environment(settings.config.passphrase, confirm=confirm)
 
 
-def _open_repo(passphrase: Any = None) -> Any:
+def _open_repo(passphrase: Callable[[], str] | None = None) -> Any:
     """Open the repository, trying first the key file this machine last opened it with, and
-    remember the one that opened it (a failed write is only a warning)."""
+    remember the one that opened it (a failed write is only a warning). `passphrase` replaces
+    the configured provider, e.g. to ask only once in a command that needs it again."""
     from sellerbak.repository.lastkey import LastKey
     from sellerbak.repository.repo import Repository
 

@@ -131,6 +131,11 @@ def test_writer_limits_stay_within_the_read_bounds() -> None:
     long = KdfParams("argon2id", salt, m_kib=262144, t=kdf.WRITE_ARGON2_T, p=1)
     long.check_writable()
     long.check_bounds()
+    scrypt = KdfParams("scrypt", salt, log_n=18, r=8, p=2)
+    scrypt.check_writable()
+    scrypt.check_bounds()
+    with pytest.raises(ValueError, match="above what new keys may use"):
+        KdfParams("scrypt", salt, log_n=19, r=8, p=1).check_writable()
     for over in ({"m_kib": kdf.WRITE_ARGON2_M_KIB * 2, "t": 1},
                  {"m_kib": 65536, "t": kdf.WRITE_ARGON2_T + 1},
                  {"m_kib": kdf.WRITE_ARGON2_M_KIB, "t": 3},

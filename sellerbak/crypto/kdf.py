@@ -33,7 +33,11 @@ WRITE_ARGON2_M_KIB = 1024 * 1024  # 1 GiB
 WRITE_ARGON2_T = 8
 WRITE_LANES = 8
 WRITE_ARGON2_WORK = 2 * 1024 * 1024  # 2 GiB-passes: 1 GiB at t=2, 256 MiB at t=8
-WRITE_SCRYPT = {"log_n": 18, "r": 8, "p": 1}  # the only scrypt parameters sellerbak writes
+# scrypt memory is 128 * r * 2^log_n bytes, its work that times p; new_params writes
+# DEFAULT_SCRYPT (256 MiB) where Argon2id is missing
+DEFAULT_SCRYPT = {"log_n": 18, "r": 8, "p": 1}
+WRITE_SCRYPT_MEMORY = 256 * 1024 * 1024
+WRITE_SCRYPT_WORK = 2 * WRITE_SCRYPT_MEMORY
 
 # Caps applied when reading a key file: the writer's limits above times READ_MARGIN.
 READ_MARGIN = 2
@@ -43,9 +47,8 @@ MAX_LANES = READ_MARGIN * WRITE_LANES  # 16
 MAX_ARGON2_WORK = READ_MARGIN * WRITE_ARGON2_WORK  # 4 GiB-passes
 MAX_SCRYPT_LOG_N = 20
 MAX_SCRYPT_R = 32
-# scrypt memory is 128 * r * 2^log_n bytes; work is that times p
-MAX_SCRYPT_MEMORY = READ_MARGIN * 128 * WRITE_SCRYPT["r"] << WRITE_SCRYPT["log_n"]  # 512 MiB
-MAX_SCRYPT_WORK = 2 * MAX_SCRYPT_MEMORY  # 1 GiB
+MAX_SCRYPT_MEMORY = READ_MARGIN * WRITE_SCRYPT_MEMORY  # 512 MiB
+MAX_SCRYPT_WORK = READ_MARGIN * WRITE_SCRYPT_WORK  # 1 GiB
 MIN_SALT, MAX_SALT = 16, 64
 
 # Defaults for new keys: Argon2id 64 MiB, t=4, p=4 (about 0.15 s on two cores): RFC 9106's
@@ -142,12 +145,13 @@ class KdfParams:
                   and self.m_kib <= WRITE_ARGON2_M_KIB
                   and self.m_kib * self.t <= WRITE_ARGON2_WORK)
         else:
-            ok = {"log_n": self.log_n, "r": self.r, "p": self.p} == WRITE_SCRYPT
+            memory = 128 * self.r * (1 << self.log_n)
+            ok = memory <= WRITE_SCRYPT_MEMORY and memory * self.p <= WRITE_SCRYPT_WORK
         if not ok:
             raise ValueError(
                 "KDF parameters above what new keys may use (argon2id m_kib<= "
                 f"{WRITE_ARGON2_M_KIB}, t<= {WRITE_ARGON2_T}, p<= {WRITE_LANES}, "
-                f"m_kib*t<= {WRITE_ARGON2_WORK})")
+                f"m_kib*t<= {WRITE_ARGON2_WORK}; scrypt memory<= 256 MiB, memory*p<= 512 MiB)")
 
     def derive(self, passphrase: str) -> bytes:
         self.check_bounds()
@@ -180,7 +184,7 @@ def new_params(salt: bytes, m_kib: int | None = None, t: int | None = None,
         params = KdfParams("argon2id", salt, m_kib=m_kib or DEFAULT_ARGON2["m_kib"],
                            t=t or DEFAULT_ARGON2["t"], p=p or DEFAULT_ARGON2["p"])
     else:
-        params = KdfParams("scrypt", salt, **WRITE_SCRYPT)
+        params = KdfParams("scrypt", salt, **DEFAULT_SCRYPT)
     params.check_bounds()
     params.check_floor()
     params.check_writable()
