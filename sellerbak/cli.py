@@ -589,7 +589,7 @@ def auth(
         f"({out['seller_base_region'] or '?'}); access token valid until "
         f"{out['access_token_expires']}; scopes: {', '.join(out['scopes']) or 'not listed'}")
     for shop in out.get("shops", []):
-        typer.echo(f"{shop['cipher']}\t{shop['name']}\t{shop['region']}")
+        typer.echo("\t".join(safe(shop[k]) for k in ("cipher", "name", "region")))
     if out.get("shops_error"):
         say(f"warning: could not list the shops: {out['shops_error']}")
 

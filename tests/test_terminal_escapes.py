@@ -112,3 +112,18 @@ def test_names_quoted_in_error_lines_are_escaped(cfg: Path) -> None:
     _no_raw_controls(failed.stderr)
     assert failed.stderr.strip().splitlines() == [
         f"error: no snapshot found of source {safe(ESC)}x"]
+
+
+def test_shop_names_from_the_tiktok_api_are_escaped(tmp_path: Path) -> None:
+    from tests.tiktok_server import APP_SECRET, CIPHER, FakeTikTokShop
+
+    with FakeTikTokShop(orders=1) as srv:
+        srv.ciphers[CIPHER]["name"] = f"Shop{ESC}{BIDI}"
+        cfg = write_config(tmp_path, "./repo", [{
+            "name": "my-shop", "type": "tiktok", "app_key": "29a39d",
+            "app_secret": {"env": "TTS_APP_SECRET"}, "api_url": srv.url, "auth_url": srv.url}])
+        env = cli_env(TTS_APP_SECRET=APP_SECRET)
+        out = _ok(run_cli("-c", str(cfg), "auth", "my-shop", "--code", srv.issue_auth_code(),
+                          env=env))
+    _no_raw_controls(out.stdout + out.stderr)
+    assert out.stdout.strip() == f"{CIPHER}\tShop{safe(ESC)}\\u202e\tUS"
