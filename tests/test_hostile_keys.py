@@ -202,8 +202,9 @@ def test_names_that_are_not_key_ids_are_never_tried(
     store.put(f"keys/{'01' * 16}", planted(repo.repo_id, "01" * 16, CHEAP,
                                            created="yesterday"))
     store.put(f"keys/{'02' * 16}", planted(os.urandom(16), "02" * 16, CHEAP))  # other repo
+    store.put(f"keys/{'03' * 16}", b" " * (1 << 20))  # 1 MiB: read no further than 64 KiB
     kdf_runs.clear()
-    opened = Repository.open(store, lambda: PASSPHRASE)
+    opened = Repository.open(store, lambda: PASSPHRASE, lambda _rid: "03" * 16)
     entries = opened.key_statuses(PASSPHRASE)
     assert len(kdf_runs) == 1
     reasons = {e.name: e.reason for e in entries if e.status == "skipped"}
@@ -211,7 +212,8 @@ def test_names_that_are_not_key_ids_are_never_tried(
                        "keys/short": "its name is not keys/<key id>",
                        f"keys/{'cd' * 16}": "its key_id differs from its name",
                        f"keys/{'01' * 16}": "key file has a malformed field",
-                       f"keys/{'02' * 16}": "it belongs to another repository"}
+                       f"keys/{'02' * 16}": "it belongs to another repository",
+                       f"keys/{'03' * 16}": "key file is too large"}
     assert [k.key_id for k in opened.list_keys()] == [repo.key_id]
 
 

@@ -137,8 +137,8 @@ class KeySearch:
         elif size is not None and size > MAX_KEYFILE_BYTES:
             entry.reason = "key file is too large"
         else:
-            try:
-                raw = self.store.get(name)
+            try:  # never more than a key file may hold, whatever the object's size
+                raw = self.store.get_range(name, 0, MAX_KEYFILE_BYTES + 1)
             except ObjectNotFoundError:
                 return None
             try:
