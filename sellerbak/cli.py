@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from sellerbak.errors import (
     SourceError,
     UsageError,
 )
+from sellerbak.termsafe import safe
 
 app = typer.Typer(
     name="sellerbak",
@@ -71,16 +73,17 @@ settings = Settings()
 
 
 def say(message: str) -> None:
-    """A human message (stderr), silenced by -q and --json."""
+    """A human message (stderr), silenced by -q and --json; control characters in the names
+    it quotes are escaped (sellerbak.termsafe)."""
     if not settings.quiet and not settings.json:
-        typer.echo(message, err=True)
+        typer.echo(safe(message), err=True)
 
 
 def summary(message: str) -> None:
     """A command's one-line summary (stderr): printed even with -q and under systemd, where
     nothing else but errors is; --json prints JSON only."""
     if not settings.json:
-        typer.echo(message, err=True)
+        typer.echo(safe(message), err=True)
 
 
 def emit_json(obj: Any) -> None:
@@ -150,10 +153,26 @@ def _passphrase(confirm: bool = False) -> str:
     return passphrase_from_environment(settings.config.passphrase, confirm=confirm)
 
 
-def _open_repo() -> Any:
+def _open_repo(passphrase: Callable[[], str] | None = None) -> Any:
+    """Open the repository, trying first the key file this machine last opened it with, and
+    remember the one that opened it (a failed write is only a warning). `passphrase` replaces
+    the configured provider, e.g. to ask only once in a command that needs it again."""
+    from sellerbak.repository.lastkey import LastKey
     from sellerbak.repository.repo import Repository
 
-    return Repository.open(_store(), _passphrase)
+    repo = Repository.open(_store(), passphrase or _passphrase,
+                           LastKey(settings.config.state_dir).read)
+    _remember_key(repo, repo.key_id)
+    return repo
+
+
+def _remember_key(repo: Any, key_id: str) -> None:
+    from sellerbak.repository.lastkey import LastKey
+
+    try:
+        LastKey(settings.config.state_dir).record(repo.repo_id, key_id)
+    except SellerbakError as exc:
+        typer.echo(f"warning: {exc}; the next open may try other key files first", err=True)
 
 
 def lock_repo(repo: Any, exclusive: bool) -> Any:
@@ -219,6 +238,7 @@ def init() -> None:
     if not secret:
         raise UsageError("an empty passphrase is not allowed")
     repo = Repository.init(store, secret, kdf)
+    _remember_key(repo, repo.key_id)
     if settings.json:
         emit_json({"repository_id": repo.repo_id.hex(), "location": store.location,
                    "key_id": repo.key_id})
@@ -361,13 +381,14 @@ def snapshots(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, header_style="bold")
     for col in ("id", "time", "source", "tags", "records", "size", ""):
         table.add_column(col, justify="right" if col in ("records", "size") else "left")
-    for m in manifests:
-        table.add_row(m.short_id, m.datetime.strftime("%Y-%m-%d %H:%M:%S"), m.source,
-                      ",".join(m.tags), str(m.records), _human_size(m.bytes),
+    for m in manifests:  # Text: names are neither rich markup nor terminal escapes
+        table.add_row(m.short_id, m.datetime.strftime("%Y-%m-%d %H:%M:%S"), Text(safe(m.source)),
+                      Text(safe(",".join(m.tags))), str(m.records), _human_size(m.bytes),
                       "" if m.complete else "incomplete")
     Console(soft_wrap=True).print(table)
     say(f"{len(manifests)} snapshots")
@@ -405,7 +426,7 @@ def restore(
         return
     if not settings.quiet:
         for r in restored:
-            typer.echo(str(r.path))
+            typer.echo(safe(r.path))
     for name in (r.name for r in restored):
         if not manifest.datasets[name].complete:
             say(f"warning: {name} was incomplete when this snapshot was taken "
@@ -437,7 +458,7 @@ def check(
                    "unreferenced_packs": report.unreferenced_packs, "errors": report.errors})
     else:
         for problem in report.errors:
-            typer.echo(f"error: {problem}", err=True)
+            typer.echo(f"error: {safe(problem)}", err=True)
         summary(f"checked {report.snapshots} snapshots, {report.chunks_referenced} chunks in "
             f"{report.packs} packs" + (f", read {_human_size(report.bytes_read)}"
                                         if read_data else "")
@@ -466,16 +487,36 @@ def unlock(
 
 @key_app.command("list")
 def key_list() -> None:
-    """List key files: id, created, host; * marks the one that opened the repository."""
-    repo = _open_repo()
-    keys = repo.list_keys()
+    """List key files: id, created, host, and whether this passphrase opens each; * marks the
+    one that opened the repository. Unusable files are listed as skipped, with the reason."""
+    from functools import cache
+
+    passphrase = cache(_passphrase)  # asked once, for the open and for trying the others
+    repo = _open_repo(passphrase)
+    entries = repo.key_statuses(passphrase())
     if settings.json:
-        emit_json([{"key_id": k.key_id, "created": k.created, "hostname": k.hostname,
-                    "kdf": k.kdf.alg, "current": k.key_id == repo.key_id} for k in keys])
+        emit_json([_key_json(e, repo.key_id) for e in entries])
         return
-    for k in keys:
-        mark = "*" if k.key_id == repo.key_id else " "
-        typer.echo(f"{mark} {k.key_id}  {k.created}  {k.hostname}  {k.kdf.alg}")
+    for e in entries:
+        kf = e.key_file
+        mark = "*" if kf is not None and kf.key_id == repo.key_id else " "
+        what = (f"{kf.key_id}  {safe(kf.created)}  {safe(kf.hostname)}  {kf.kdf.alg}"
+                if kf is not None else safe(e.name))
+        typer.echo(f"{mark} {what}  {_KEY_STATUS_TEXT.get(e.status, e.status)}"
+                   + (f": {safe(e.reason)}" if e.reason else ""))
+
+
+_KEY_STATUS_TEXT = {"opened": "opened the repository", "opens": "opens with this passphrase",
+                    "does not open": "does not open with this passphrase"}
+
+
+def _key_json(entry: Any, current_key_id: str) -> dict[str, Any]:
+    kf = entry.key_file
+    return {"name": entry.name, "key_id": kf.key_id if kf else entry.key_id,
+            "created": kf.created if kf else None, "hostname": kf.hostname if kf else None,
+            "kdf": kf.kdf.alg if kf else None,
+            "current": kf is not None and kf.key_id == current_key_id,
+            "status": entry.status, "reason": entry.reason or None}
 
 
 @key_app.command("add")
@@ -520,6 +561,7 @@ def key_passwd(
     secret = _new_passphrase(new_passphrase_file)
     kf = repo.add_key(secret, _kdf_params())
     repo.remove_key(repo.key_id)
+    _remember_key(repo, kf.key_id)
     if settings.json:
         emit_json({"key_id": kf.key_id, "removed": repo.key_id})
     else:
@@ -547,7 +589,7 @@ def auth(
         f"({out['seller_base_region'] or '?'}); access token valid until "
         f"{out['access_token_expires']}; scopes: {', '.join(out['scopes']) or 'not listed'}")
     for shop in out.get("shops", []):
-        typer.echo(f"{shop['cipher']}\t{shop['name']}\t{shop['region']}")
+        typer.echo("\t".join(safe(shop[k]) for k in ("cipher", "name", "region")))
     if out.get("shops_error"):
         say(f"warning: could not list the shops: {out['shops_error']}")
 
@@ -690,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
     elif code == 130 and error is None:
         error = "interrupted"
     if error is not None:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {safe(error)}", err=True)
     try:
         _finish_outcome(code, error)
     except KeyboardInterrupt:  # signalled again while reporting: stop reporting

@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import ProgressColumn
 from rich.text import Text
+
+from sellerbak.termsafe import safe
 
 
 class SilentProgress:
@@ -64,8 +67,9 @@ class RichProgress:
             self._show()
             task = self._p.tasks[self._task]
             self._p.update(self._task, total=task.completed, visible=True)
-        self._task = self._p.add_task(f"{source}: {name}", total=expected or None, extra="",
-                                      unit="records")
+        # the description is rich markup: names are escaped for it and for the terminal
+        self._task = self._p.add_task(escape(safe(f"{source}: {name}")), total=expected or None,
+                                      extra="", unit="records")
         if self._totals is not None:
             self._base = self._totals()
 

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from sellerbak.cli import _open_repo, app, emit_json, settings, summary
+from sellerbak.termsafe import safe
 
 
 @app.command()
@@ -40,7 +41,7 @@ def diff(
         return
     if not settings.quiet:
         for d in report.datasets:
-            typer.echo(_line(d))
+            typer.echo(safe(_line(d)))
     summary(f"{a.short_id} ({a.source}, {a.time}) -> {b.short_id} ({b.source}, {b.time}): "
             f"+{report.added} -{report.removed} ~{report.changed} records in "
             f"{len(report.datasets)} datasets; compared {report.records_compared} records")

@@ -8,6 +8,7 @@ import typer
 
 from sellerbak.cli import _open_repo, app, emit_json, monitored, say, settings, summary
 from sellerbak.errors import EXIT_FAILED, UsageError
+from sellerbak.termsafe import safe
 
 
 @app.command()
@@ -73,7 +74,7 @@ def drill(
         # the one error line: the first problem, the rest are in the report
         first = report.problems[0] if report.problems else "verification failed"
         more = len(report.problems) - 1
-        typer.echo(f"error: drill failed: {first}" + (f" (and {more} more)" if more > 0 else ""),
-                   err=True)
+        typer.echo(f"error: drill failed: {safe(first)}"
+                   + (f" (and {more} more)" if more > 0 else ""), err=True)
         outcome.error = first
         raise typer.Exit(EXIT_FAILED)

@@ -159,6 +159,9 @@ def _print_decisions(decisions: list[Any], dry_run: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from sellerbak.termsafe import safe
 
     console = Console(soft_wrap=True)
     if not console.is_terminal:  # a log or a pipe: one line per snapshot, never wrapped
@@ -167,13 +170,14 @@ def _print_decisions(decisions: list[Any], dry_run: bool) -> None:
     for source in dict.fromkeys(d.manifest.source for d in decisions):
         group = [d for d in decisions if d.manifest.source == source]
         kept = sum(d.keep for d in group)
-        table = Table(title=f"{source}: keep {kept}, {gone} {len(group) - kept}",
+        # Text: names are neither rich markup nor terminal escapes (sellerbak.termsafe)
+        table = Table(title=Text(f"{safe(source)}: keep {kept}, {gone} {len(group) - kept}"),
                       title_justify="left", box=None, header_style="bold")
         for col in ("id", "time", "tags", "action", "reasons"):
             table.add_column(col)
         for d in group:
             m = d.manifest
             table.add_row(m.short_id, m.datetime.strftime("%Y-%m-%d %H:%M:%S"),
-                          ",".join(m.tags), "keep" if d.keep else "remove",
+                          Text(safe(",".join(m.tags))), "keep" if d.keep else "remove",
                           ", ".join(d.reasons))
         console.print(table)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,15 @@ FORMAT = "sellerbak-key/1"
 CONTEXT_LABEL = b"sellerbak/v1/keyfile\x00"
 MAX_KEYFILE_BYTES = 64 * 1024
 _MEMBERS = {"format", "repo_id", "key_id", "created", "hostname", "kdf", "wrapped"}
+#: what `create` writes: hex of 16 random bytes, and a UTC time to the second
+KEY_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+CREATED_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
+def is_key_id(text: str) -> bool:
+    """Whether `text` is exactly a key id as `create` writes it (the name `keys/<id>` of a
+    key file must be one; anything else under keys/ is not read)."""
+    return KEY_ID_PATTERN.fullmatch(text) is not None
 
 
 @dataclass
@@ -76,7 +86,7 @@ class KeyFile:
         except (KeyError, TypeError, ValueError):
             raise FormatError("key file is missing a field or has a malformed one") from None
         if (len(repo_id) != 16 or not all(isinstance(x, str) for x in (key_id, created, hostname))
-                or len(key_id) != 32):
+                or not is_key_id(key_id) or CREATED_PATTERN.fullmatch(created) is None):
             raise FormatError("key file has a malformed field")
         kdf = KdfParams.from_json(obj.get("kdf"))  # bounds checked here, before any KDF work
         key_file = cls(repo_id, key_id, created, hostname, kdf, wrapped)
@@ -89,6 +99,7 @@ class KeyFile:
     @classmethod
     def create(cls, repo_id: bytes, keyring: Keyring, passphrase: str, kdf: KdfParams) -> KeyFile:
         kdf.check_floor()
+        kdf.check_writable()
         key_file = cls(repo_id, os.urandom(16).hex(),
                        datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                        socket.gethostname(), kdf, b"")

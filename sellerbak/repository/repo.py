@@ -31,6 +31,7 @@ from sellerbak.errors import (
     RepositoryExistsError,
     WrongPassphraseError,
 )
+from sellerbak.repository.keysearch import NOT_TRIED, OPENED, KeyEntry, KeySearch
 from sellerbak.storage.base import Store
 
 REPO_FORMAT = "sellerbak-repo/1"
@@ -91,6 +92,8 @@ class Repository:
         self.pack_size = int(config["pack_size"])
         self.id_key = keyring.id_key
         self.chunker_key = keyring.chunker_key
+        #: the key files this command has looked at and its KDF budget (set by `open`)
+        self.key_search: KeySearch | None = None
 
     # ----- creation and opening -------------------------------------------------------------
 
@@ -139,53 +142,75 @@ class Repository:
         return config
 
     @classmethod
-    def open(cls, store: Store, passphrase: PassphraseProvider) -> Repository:
+    def open(cls, store: Store, passphrase: PassphraseProvider,
+             last_key: Callable[[bytes], str | None] | None = None) -> Repository:
+        """Unlock with the first key file the passphrase opens, trying first the key id
+        `last_key(repo_id)` gives (the one this machine last used), and at most MAX_KDF_RUNS
+        key files in all (repository/keysearch.py). The passphrase is asked for only if a key
+        file is usable."""
         config = cls.read_config(store)
         repo_id = bytes.fromhex(config["repo_id"])
-        key_files = []
-        for info in store.list("keys/"):
-            try:
-                kf = KeyFile.from_bytes(store.get(info.name))
-            except (FormatError, ObjectNotFoundError):
-                continue  # a damaged key file is skipped; another may still open
-            if kf.repo_id == repo_id and info.name == f"keys/{kf.key_id}":
-                key_files.append(kf)
-        if not key_files:
-            raise WrongPassphraseError(
-                "wrong passphrase or damaged key files (no usable key file in the repository)")
-        secret = passphrase()
-        for kf in key_files:
-            try:
-                keyring = kf.unwrap(secret)
-            except WrongPassphraseError:
+        search = KeySearch(store, repo_id)
+        first_key_id = last_key(repo_id) if last_key is not None else None
+        secret: list[str] = []
+
+        def cached_passphrase() -> str:
+            if not secret:
+                secret.append(passphrase())
+            return secret[0]
+
+        any_usable = False
+        for entry in search.in_order(first_key_id):
+            any_usable = True
+            keyring = search.unwrap(entry, cached_passphrase)
+            if keyring is None:
                 continue
             mac = config.get("mac")
             if not isinstance(mac, str) or not hmac.compare_digest(
                     mac.encode("utf-8", "replace"), _config_mac(keyring, config).encode()):
                 raise FormatError("repository config was modified (its MAC does not verify)")
-            return cls(store, config, keyring, kf.key_id)
-        raise WrongPassphraseError("wrong passphrase (no key file opens with it)")
+            entry.status = OPENED
+            assert entry.key_file is not None
+            repo = cls(store, config, keyring, entry.key_file.key_id)
+            repo.key_search = search
+            return repo
+        if not any_usable:
+            raise WrongPassphraseError(
+                "wrong passphrase or damaged key files (no usable key file in the repository)")
+        raise WrongPassphraseError(
+            f"wrong passphrase (no key file opens with it; {search.failure()})")
 
     # ----- keys ------------------------------------------------------------------------------
 
+    def _key_search(self) -> KeySearch:
+        if self.key_search is None:
+            self.key_search = KeySearch(self.store, self.repo_id)
+        return self.key_search
+
     def list_keys(self) -> list[KeyFile]:
-        keys = []
-        for info in self.store.list("keys/"):
-            try:
-                kf = KeyFile.from_bytes(self.store.get(info.name))
-            except (FormatError, ObjectNotFoundError):
-                continue
-            if kf.repo_id == self.repo_id:
-                keys.append(kf)
-        return sorted(keys, key=lambda k: k.created)
+        """The usable key files of this repository, oldest first (no KDF runs)."""
+        return [e.key_file for e in self._key_search().usable() if e.key_file is not None]
+
+    def key_statuses(self, passphrase: str) -> list[KeyEntry]:
+        """Every object under `keys/` with what it is to this passphrase: the one that opened
+        the repository, others it opens or does not, and those not tried (past the command's
+        KDF budget) or skipped as unusable, each with its reason."""
+        search = self._key_search()
+        entries = search.entries()
+        for entry in entries:
+            if entry.key_file is not None and entry.status == NOT_TRIED:
+                search.unwrap(entry, lambda: passphrase)
+        return entries
 
     def add_key(self, passphrase: str, kdf: KdfParams) -> KeyFile:
         key_file = KeyFile.create(self.repo_id, self.keyring, passphrase, kdf)
         self.store.put(f"keys/{key_file.key_id}", key_file.to_bytes())
+        self.key_search = None  # what this command saw of keys/ is out of date
         return key_file
 
     def remove_key(self, key_id: str) -> None:
         self.store.delete(f"keys/{key_id}")
+        self.key_search = None
 
     # ----- sealed objects ---------------------------------------------------------------------
 
