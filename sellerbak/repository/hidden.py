@@ -273,6 +273,10 @@ class _RevealedStore(Store):
         return self.inner.get(name)
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
+        if name in self.revealed and not self.inner.exists(name):
+            data = self.revealed[name]
+            start = offset if offset >= 0 else max(len(data) + offset, 0)
+            return data[start:start + length]
         return self.inner.get_range(name, offset, length)
 
     def exists(self, name: str) -> bool:
