@@ -698,8 +698,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure ends as one line on stderr and a meaningful exit code."""
     import signal
 
-    from sellerbak import allocator
+    from sellerbak import allocator, hardening
 
+    hardening.disable_core_dumps()
     allocator.tune()
     error: str | None = None
     _stopped_by.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +35,8 @@ OBJECT_LOCK_KEYS = {"mode", "days"}
 OBJECT_LOCK_MODES = {"GOVERNANCE", "COMPLIANCE"}
 KDF_KEYS = {"m_kib", "t", "p"}
 SOURCE_TYPES = {"demo", "files", "tiktok"}
+#: a real config is a few KiB; past this the file is refused unread
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -114,15 +117,17 @@ class Config:
 
 
 def find_config(explicit: str | None) -> Path:
+    # a named path that exists but is no regular file (/dev/zero, a FIFO, a directory) is
+    # refused by read_config_text with that reason, not reported as missing
     if explicit:
         path = Path(explicit).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
         return path
     env = os.environ.get("SELLERBAK_CONFIG")
     if env:
         path = Path(env).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"SELLERBAK_CONFIG names {path}, which does not exist")
         return path
     for candidate in SEARCH_PATH:
@@ -135,11 +140,34 @@ def find_config(explicit: str | None) -> Path:
 
 def load_config(explicit: str | None = None) -> Config:
     path = find_config(explicit)
+    return parse_config(read_config_text(path), path)
+
+
+def read_config_text(path: Path) -> str:
+    """The config file's text, read with a cap: a config is a few KiB, so a larger file (or
+    /dev/zero, a FIFO that never ends, a device) is a mistake or an attack and must not be
+    read into memory whole. The file is opened once and checked through that descriptor
+    (fstat), so it cannot be swapped for something else between the check and the read;
+    O_NONBLOCK keeps opening a FIFO without a writer from hanging."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    return parse_config(text, path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"config file {path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
 
 
 def parse_config(text: str, path: Path) -> Config:

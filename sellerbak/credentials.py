@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sellerbak.childenv import SECRET_HELPER_ENVIRONMENT, child_environment
 from sellerbak.errors import ConfigError
 
 COMMAND_TIMEOUT = 60
@@ -50,8 +51,11 @@ class SecretRef:
                 raise ConfigError(f"{self.key}: {self.value[:100]!r} is not a usable path") \
                     from None
         try:
+            # an allowlisted environment: the helper must not see the passphrase variables,
+            # the S3 keys or other secrets this process was given (sellerbak.childenv)
             done = subprocess.run(shlex.split(self.value), capture_output=True, text=True,
-                                  timeout=COMMAND_TIMEOUT, check=False)
+                                  timeout=COMMAND_TIMEOUT, check=False,
+                                  env=child_environment(SECRET_HELPER_ENVIRONMENT))
         except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
             raise ConfigError(f"{self.key}: command failed to run ({type(exc).__name__})") \
                 from None

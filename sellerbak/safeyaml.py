@@ -26,7 +26,43 @@ MAX_NODES = 100_000
 class _BoundedLoader(yaml.SafeLoader):
     def construct_document(self, node: yaml.Node) -> Any:
         _check_expansion(node)
+        self._refuse_duplicate_keys(node)
         return super().construct_document(node)
+
+    def _refuse_duplicate_keys(self, root: yaml.Node) -> None:
+        """A key written twice in one mapping is refused: PyYAML keeps the last silently, so
+        `repository: {url: s3://backup}` overridden further down by a second `url:` would
+        send the snapshots elsewhere without a word. Keys a `<<:` merge brings in may be
+        overridden, as YAML allows; only a mapping's own keys are compared. The error names
+        the key path and the line of the second occurrence, never a value."""
+        seen: set[int] = set()
+        stack: list[tuple[yaml.Node, str]] = [(root, "")]
+        while stack:
+            node, path = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node.value))
+                continue
+            if not isinstance(node, yaml.MappingNode):
+                continue
+            keys: set[Any] = set()
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or \
+                        not isinstance(key_node, yaml.ScalarNode):
+                    continue  # merges are flattened by PyYAML; complex keys are refused there
+                key = self.construct_object(key_node)
+                key_path = f"{path}.{_key_text(key_node)}" if path else _key_text(key_node)
+                try:
+                    duplicate = key in keys
+                    keys.add(key)
+                except TypeError:  # unhashable: PyYAML reports it when constructing
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_path}", key_node.start_mark)
+                stack.append((value_node, key_path))
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -39,6 +75,12 @@ class _BoundedLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"a value cannot be read ({type(exc).__name__})",
                 node.start_mark) from None
+
+
+def _key_text(node: yaml.ScalarNode) -> str:
+    """A key as written, for a key path in an error: short and printable."""
+    text = node.value if node.value.isprintable() else repr(node.value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

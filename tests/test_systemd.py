@@ -349,6 +349,16 @@ def test_user_units_keep_what_works_without_the_system_manager(tmp_path: Path,
     assert environment(old, {})["SELLERBAK_PASSPHRASE_FILE"] == str(shop.passphrase_file)
 
 
+@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
+def test_no_service_may_write_a_core_file(tmp_path: Path, hook: WebhookServer,
+                                          user: bool) -> None:
+    # a core file would hold the passphrase, the keys, tokens and records; the process also
+    # disables them itself (tests/test_hardening.py), this covers a crash before that
+    shop = make_shop(tmp_path, hook, explicit_state=True, dirname="shop", user=user)
+    for name in SERVICES:
+        assert values(shop.units[name], "Service", "LimitCORE") == ["0"], name
+
+
 # ----- the command lines, run -----------------------------------------------------------------
 
 

@@ -154,6 +154,8 @@ class Settings:
     sandbox: bool = False
     deactivated: bool = False
     scopes: frozenset[str] = ALL_SCOPES
+    #: a hostile auth host: every token call answers with this access token (None: a real one)
+    hostile_access_token: str | None = None
 
 
 @dataclass
@@ -226,6 +228,8 @@ class FakeTikTokShop:
         """Issue an access/refresh token pair directly (as /api/v2/token/get would)."""
         now = int(self.clock())
         access, refresh = "ROW_" + secrets.token_urlsafe(24), secrets.token_urlsafe(30)
+        if self.settings.hostile_access_token is not None:
+            access = self.settings.hostile_access_token
         s = scopes if scopes is not None else self.settings.scopes
         with self.lock:
             self.access[access] = Grant(now + self.settings.access_token_lifetime, s)

@@ -5,8 +5,8 @@
 `notify.webhook_url` gets the same JSON as a POST. The summary (RunOutcome.summary) holds the
 command, host, exit code, the one `error:` line, times and snapshot ids: no secret and no
 customer data. The command gets only a small allowlist of the environment (PATH, HOME, locale,
-TMPDIR, ...): never the passphrase variables, the systemd credentials directory, AWS keys or
-the variables a config's `{env: NAME}` secrets name.
+TMPDIR, ...; sellerbak.childenv): never the passphrase variables, the systemd credentials
+directory, AWS keys or the variables a config's `{env: NAME}` secrets name.
 
 A webhook URL often carries a token (Slack, Discord, ntfy, healthchecks), so it never appears in
 a message: problems say "webhook" and the HTTP status or the kind of error only.
@@ -33,16 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from sellerbak import __version__
+from sellerbak.childenv import child_environment
 from sellerbak.credentials import SecretRef
 from sellerbak.errors import SellerbakError
 
-#: variables a notifier must not inherit: the repository passphrase and where it is found
-SECRET_ENVIRONMENT = ("SELLERBAK_PASSPHRASE", "SELLERBAK_PASSPHRASE_FILE",
-                      "SELLERBAK_NEW_PASSPHRASE", "CREDENTIALS_DIRECTORY")
-#: what a notify command inherits: enough to find programs and write text, nothing secret
-SAFE_ENVIRONMENT = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ",
-                              "TMPDIR", "SHELL", "TERM", "INVOCATION_ID", "JOURNAL_STREAM",
-                              "SYSTEMD_EXEC_PID"})
 NOTICE_DIR_ENV = "SELLERBAK_NOTICE_DIR"
 #: notice records older than this are removed when a new one is written
 NOTICE_KEEP_SECONDS = 30 * 86400
@@ -115,8 +109,7 @@ def notice_payload(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _run_command(argv: list[str], body: bytes, payload: dict[str, Any],
                  timeout: float) -> str | None:
-    env = {k: v for k, v in os.environ.items()
-           if (k in SAFE_ENVIRONMENT or k.startswith("LC_")) and k not in SECRET_ENVIRONMENT}
+    env = child_environment()  # the allowlist shared with `{command:}` secrets
     env.update({"SELLERBAK_EVENT": str(payload.get("event", "failure")),
                 "SELLERBAK_COMMAND": str(payload.get("command") or ""),
                 "SELLERBAK_HOST": str(payload.get("host") or ""),

@@ -62,6 +62,8 @@ STATE_NAME = "sellerbak"
 
 # sandboxing that needs no mount namespace: good for system and per-user services alike
 COMMON_HARDENING = [
+    # no core file: the process memory holds the passphrase, keys, tokens and records
+    "LimitCORE=0",
     "NoNewPrivileges=yes",
     "RestrictSUIDSGID=yes",
     "RestrictRealtime=yes",
@@ -366,8 +368,8 @@ def _notifier(plan: UnitPlan) -> str:
               "# helper and spool directory, or a runtime that compiles code at run time"]
     if not plan.user_mode:
         lines += NOTIFIER_HARDENING
-    lines += ["RestrictRealtime=yes", "RestrictNamespaces=yes", "LockPersonality=yes",
-              "RestrictSUIDSGID=yes", "SystemCallArchitectures=native",
+    lines += ["LimitCORE=0", "RestrictRealtime=yes", "RestrictNamespaces=yes",
+              "LockPersonality=yes", "RestrictSUIDSGID=yes", "SystemCallArchitectures=native",
               "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from sellerbak.crypto.envelope import Kind
 from sellerbak.durations import format_duration
-from sellerbak.errors import LockHeldError, SellerbakError
+from sellerbak.errors import LockHeldError, ObjectNotFoundError, SellerbakError
 from sellerbak.repository.repo import Repository, lock_name, parse_hex_id
 
 STALE_AFTER = timedelta(minutes=30)
@@ -103,6 +103,8 @@ class RepositoryLock:
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
         self._refreshed = time.monotonic()
+        #: why the lock was lost, once a check found it gone or not ours
+        self._lost: str | None = None
 
     def _write(self) -> bytes:
         lid = os.urandom(32)
@@ -127,6 +129,7 @@ class RepositoryLock:
             time.sleep(delay + random.uniform(0, delay / 2))
             delay = min(delay * 2, 30.0)
         self._refreshed = time.monotonic()
+        self._lost = None
         self._stop.clear()
         self._thread = threading.Thread(target=self._refresh_loop, daemon=True,
                                         name="lock-refresh")
@@ -146,33 +149,75 @@ class RepositoryLock:
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_EVERY.total_seconds()):
-            with self._mutex:
-                if self.lock_id is None:
-                    return
-                try:
-                    new = self._write()
-                except SellerbakError as exc:
-                    log.warning("could not refresh the repository lock: %s", exc)
-                    continue
-                old, self.lock_id = self.lock_id, new
-                self._refreshed = time.monotonic()
-                try:
-                    self.repo.store.delete(lock_name(old))
-                except SellerbakError as exc:  # the old one goes stale by itself
-                    log.warning("could not remove the previous lock object: %s", exc)
+            if not self.refresh_once():
+                return
+
+    def refresh_once(self) -> bool:
+        """Replace our lock object by a fresh one; False once the lock is lost (then nothing
+        is written: a lock someone removed must not come back to life by a refresh)."""
+        with self._mutex:
+            if self.lock_id is None:
+                return False
+            try:
+                problem = self._lost_because(self.lock_id)
+            except SellerbakError as exc:  # storage trouble: try again at the next refresh
+                log.warning("could not refresh the repository lock: %s", exc)
+                return True
+            if problem is not None:
+                self._lost, self.lock_id = problem, None
+                return False
+            try:
+                new = self._write()
+            except SellerbakError as exc:
+                log.warning("could not refresh the repository lock: %s", exc)
+                return True
+            old, self.lock_id = self.lock_id, new
+            self._refreshed = time.monotonic()
+            try:
+                self.repo.store.delete(lock_name(old))
+            except SellerbakError as exc:  # the old one goes stale by itself
+                log.warning("could not remove the previous lock object: %s", exc)
+            return True
+
+    def _lost_because(self, lid: bytes) -> str | None:
+        """Why the lock object `lid` no longer stands for our lock, or None if it does: it
+        must still be in the store and say it is this process's lock of our kind."""
+        name = lock_name(lid)
+        try:
+            data = self.repo.store.get(name)
+        except ObjectNotFoundError:
+            return "its lock object was removed (by 'sellerbak unlock --remove-all'?)"
+        try:
+            obj = json.loads(self.repo.open_sealed(Kind.LOCK, lid, data, name))
+            ours = (obj["hostname"] == socket.gethostname() and obj["pid"] == os.getpid()
+                    and obj["exclusive"] is self.exclusive)
+        except (SellerbakError, ValueError, KeyError, TypeError, RecursionError):
+            ours = False
+        return None if ours else "its lock object was replaced by one that is not ours"
 
     def ensure_held(self) -> None:
-        """Raise if the lock may have been lost: when it has not been refreshed for longer
-        than others wait before calling it stale (a suspended machine, a storage outage),
-        another process may have taken the repository meanwhile, so committing now (a
-        snapshot's manifest, prune's deletions) could break the repository."""
-        if self.lock_id is None:
-            raise LockHeldError("the repository lock was released")
-        unrefreshed = time.monotonic() - self._refreshed
-        if unrefreshed > (STALE_AFTER - REFRESH_EVERY).total_seconds():
-            raise LockHeldError(f"lost the repository lock: not refreshed for "
-                                f"{format_duration(timedelta(seconds=unrefreshed))}; nothing "
-                                "was committed, run the command again")
+        """Raise if the lock may have been lost, before anything is committed (a snapshot's
+        manifest) or deleted (prune, forget). Lost means: not refreshed for longer than others
+        wait before calling it stale (a suspended machine, a storage outage), or its object is
+        gone from the store or not ours (another host ran `unlock --remove-all`, and may have
+        taken the repository since). Either way committing now could break the repository;
+        the check reads the lock object itself, so it costs one GET."""
+        with self._mutex:
+            if self._lost is not None:
+                raise LockHeldError(f"lost the repository lock: {self._lost}; nothing was "
+                                    "deleted or committed, run the command again")
+            if self.lock_id is None:
+                raise LockHeldError("the repository lock was released")
+            unrefreshed = time.monotonic() - self._refreshed
+            if unrefreshed > (STALE_AFTER - REFRESH_EVERY).total_seconds():
+                raise LockHeldError(f"lost the repository lock: not refreshed for "
+                                    f"{format_duration(timedelta(seconds=unrefreshed))}; "
+                                    "nothing was committed, run the command again")
+            problem = self._lost_because(self.lock_id)
+            if problem is not None:
+                self._lost, self.lock_id = problem, None  # not ours to delete any more
+                raise LockHeldError(f"lost the repository lock: {problem}; nothing was "
+                                    "deleted or committed, run the command again")
 
     def release(self) -> None:
         self._stop.set()

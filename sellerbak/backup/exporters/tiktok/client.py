@@ -41,7 +41,11 @@ from sellerbak.backup.exporters.tiktok.errors import (
     classify,
 )
 from sellerbak.backup.exporters.tiktok.signing import encode_query, sign
-from sellerbak.backup.exporters.tiktok.tokens import TokenManager, quiet_http_debug_log
+from sellerbak.backup.exporters.tiktok.tokens import (
+    TokenManager,
+    quiet_http_debug_log,
+    usable_token,
+)
 
 #: categories whose calls identify the shop by shop_cipher (spec 3.2)
 SHOP_SCOPED = ("product", "order", "finance")
@@ -164,6 +168,11 @@ class TikTokClient:
     def _send(self, method: str, path: str, params: dict[str, Any],
               body: dict[str, Any] | None) -> dict[str, Any]:
         token = self.tokens.access_token()
+        if not usable_token(token):  # checked when obtained and loaded; a header must never
+            # carry CR/LF or fail to encode, whatever path a token took to get here
+            raise ApiError(f"source {self.source}: the access token cannot be sent in a "
+                           "request header: authorize again: 'sellerbak auth "
+                           f"{self.source} --code AUTH_CODE'")
         self._last_token = token
         pairs = [("app_key", self.app_key),
                  ("timestamp", str(int(self.clock() + self.clock_offset)))]

@@ -36,6 +36,20 @@ from sellerbak.localfiles import disk_error, private_dirs
 log = logging.getLogger(__name__)
 #: refresh this long before the access token expires (it lasts about 7 days)
 REFRESH_MARGIN = 3600
+#: TikTok's tokens are about 100 characters; a longer one is not a token
+MAX_TOKEN_LENGTH = 4096
+#: what a token may consist of: visible ASCII, nothing that could end or split a header line
+_TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7f))
+
+
+def usable_token(token: str) -> bool:
+    """True if `token` can go into the `x-tts-access-token` header and the query unchanged.
+
+    The auth host's answer is untrusted: a token with a character outside Latin-1 makes
+    http.client fail with UnicodeEncodeError, one with CR/LF or another control character would
+    split the header (requests refuses it as InvalidHeader) and a huge one bloats every
+    request. Real tokens are short visible ASCII, so only that is accepted."""
+    return 0 < len(token) <= MAX_TOKEN_LENGTH and all(c in _TOKEN_CHARS for c in token)
 
 
 def quiet_http_debug_log() -> None:
@@ -58,18 +72,22 @@ class TokenSet:
     @classmethod
     def from_api(cls, data: Any, now: int) -> TokenSet:
         try:
-            return cls(access_token=str(data["access_token"]),
-                       access_token_expire_in=int(data["access_token_expire_in"]),
-                       refresh_token=str(data["refresh_token"]),
-                       refresh_token_expire_in=int(data["refresh_token_expire_in"]),
-                       open_id=str(data.get("open_id") or ""),
-                       seller_name=str(data.get("seller_name") or ""),
-                       seller_base_region=str(data.get("seller_base_region") or ""),
-                       granted_scopes=[str(s) for s in data.get("granted_scopes") or []],
-                       obtained_at=now)
+            tokens = cls(access_token=str(data["access_token"]),
+                         access_token_expire_in=int(data["access_token_expire_in"]),
+                         refresh_token=str(data["refresh_token"]),
+                         refresh_token_expire_in=int(data["refresh_token_expire_in"]),
+                         open_id=str(data.get("open_id") or ""),
+                         seller_name=str(data.get("seller_name") or ""),
+                         seller_base_region=str(data.get("seller_base_region") or ""),
+                         granted_scopes=[str(s) for s in data.get("granted_scopes") or []],
+                         obtained_at=now)
         except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int(1e400)
             raise SourceError("TikTok Shop's token response lacks the tokens; try again "
                               "later") from None
+        if not (usable_token(tokens.access_token) and usable_token(tokens.refresh_token)):
+            raise SourceError("TikTok Shop's auth host answered with a token that cannot be "
+                              "used (not a short string of visible ASCII); try again later")
+        return tokens
 
 
 def _check_types(tokens: TokenSet) -> None:
@@ -82,6 +100,8 @@ def _check_types(tokens: TokenSet) -> None:
         value = getattr(tokens, name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise TypeError(name)
+    if not (usable_token(tokens.access_token) and usable_token(tokens.refresh_token)):
+        raise ValueError("token")
 
 
 class TokenStore:
