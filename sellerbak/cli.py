@@ -251,8 +251,12 @@ def snapshot(
     repo = _open_repo()
     results = []
     failed: list[tuple[str, SourceError]] = []
+
+    def warn(text: str) -> None:
+        say(f"warning: {text}")
+
     with lock_repo(repo, exclusive=False) as lock, make_progress(settings) as progress:
-        run = SnapshotRun(repo, progress, before_commit=lock.ensure_held)
+        run = SnapshotRun(repo, progress, before_commit=lock.ensure_held, warn=warn)
         if run.problems:
             say(f"warning: {len(run.problems)} snapshot(s) could not be read and were "
                 "ignored; run 'sellerbak check'")
@@ -269,7 +273,7 @@ def snapshot(
                 failed.append((src.name, exc))  # reported, with the others', at the end
                 # a fresh run: what the failed export had uploaded is found again (and
                 # indexed) before anything else can refer to it
-                run = SnapshotRun(repo, progress, before_commit=lock.ensure_held)
+                run = SnapshotRun(repo, progress, before_commit=lock.ensure_held, warn=warn)
                 continue
             results.append(result)
             m = result.manifest
@@ -348,11 +352,14 @@ def snapshots(
 ) -> None:
     """List snapshots (id, time, source, tags, records, size)."""
     from sellerbak.repository.manifest import load_manifests
+    from sellerbak.repository.timeline import future_warning, is_future, system_clock
 
     repo = _open_repo()
     manifests = [m for m in load_manifests(repo) if source is None or m.source == source]
+    now = system_clock()
     if settings.json:
         emit_json([{"id": m.id.hex(), "short_id": m.short_id, "time": m.time,
+                    "future": is_future(m, now),
                     "source": m.source, "source_type": m.source_type, "hostname": m.hostname,
                     "tags": m.tags, "records": m.records, "bytes": m.bytes,
                     "complete": m.complete, "parent": m.parent,
@@ -368,9 +375,13 @@ def snapshots(
     for m in manifests:
         table.add_row(m.short_id, m.datetime.strftime("%Y-%m-%d %H:%M:%S"), m.source,
                       ",".join(m.tags), str(m.records), _human_size(m.bytes),
-                      "" if m.complete else "incomplete")
+                      ("" if m.complete else "incomplete")
+                      + (" FUTURE-DATED" if is_future(m, now) else ""))
     Console(soft_wrap=True).print(table)
     say(f"{len(manifests)} snapshots")
+    for m in manifests:
+        if is_future(m, now):
+            say("warning: " + future_warning(m, "not taken as 'latest'"))
 
 
 @app.command()
