@@ -22,6 +22,7 @@ from sellerbak.errors import (
     EXIT_INCOMPLETE,
     EXIT_USAGE,
     ConfigError,
+    IntegrityError,
     SellerbakError,
     SourceError,
     UsageError,
@@ -156,6 +157,13 @@ def _open_repo() -> Any:
     return Repository.open(_store(), _passphrase)
 
 
+def seen_record(repo: Any) -> Any:
+    """This machine's record of the newest snapshot of each source (rollback detection)."""
+    from sellerbak.repository.seen import SeenRecord
+
+    return SeenRecord(settings.config.state_dir, repo)
+
+
 def lock_repo(repo: Any, exclusive: bool) -> Any:
     """The repository lock for this command, waiting as long as --retry-lock says."""
     from sellerbak.repository.locks import RepositoryLock
@@ -257,6 +265,8 @@ def snapshot(
 
     with lock_repo(repo, exclusive=False) as lock, make_progress(settings) as progress:
         run = SnapshotRun(repo, progress, before_commit=lock.ensure_held, warn=warn)
+        seen = seen_record(repo)
+        seen.check(run.manifests)  # before writing: never build on a rolled-back repository
         if run.problems:
             say(f"warning: {len(run.problems)} snapshot(s) could not be read and were "
                 "ignored; run 'sellerbak check'")
@@ -277,6 +287,7 @@ def snapshot(
                 continue
             results.append(result)
             m = result.manifest
+            seen.saw([m])
             _record_snapshot(outcome, result)
             if not settings.json and not settings.quiet:
                 typer.echo(m.id.hex())
@@ -396,13 +407,17 @@ def restore(
 ) -> None:
     """Restore a snapshot's datasets into TARGET, verified against the manifest."""
     from sellerbak.progress import make_progress
-    from sellerbak.repository.manifest import resolve_snapshot
+    from sellerbak.repository.manifest import load_manifests, resolve_snapshot
     from sellerbak.restore.restore import FORMATS, restore_snapshot
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
     repo = _open_repo()
-    manifest = resolve_snapshot(repo, snapshot_ref, source)
+    manifests = None
+    if snapshot_ref == "latest":  # the newest must not have vanished: see repository/seen.py
+        manifests = load_manifests(repo)
+        seen_record(repo).check(manifests)
+    manifest = resolve_snapshot(repo, snapshot_ref, source, manifests=manifests)
     with make_progress(settings) as progress:
         wanted = [d for n, d in manifest.datasets.items() if not dataset or n in dataset]
         advance = progress.bar(f"restoring {manifest.short_id}",
@@ -434,12 +449,17 @@ def check(
     """Check the repository's structure; with --read-data, every byte of data."""
     from sellerbak.progress import make_progress
     from sellerbak.repository.check import check_repository
+    from sellerbak.repository.manifest import load_manifests
 
     outcome = monitored("check")
     repo = _open_repo()
     with make_progress(settings) as progress:
         advance = progress.bar("reading packs", None, unit="bytes") if read_data else None
         report = check_repository(repo, read_data=read_data, on_pack=advance)
+    try:
+        seen_record(repo).check(load_manifests(repo))
+    except IntegrityError as exc:  # a rollback, or a damaged record of the snapshots seen
+        report.errors.append(str(exc))
     outcome.gauges.update({"errors": len(report.errors), "snapshots": report.snapshots,
                            "packs": report.packs, "bytes_read": report.bytes_read})
     if settings.json:
@@ -630,6 +650,7 @@ from sellerbak.commands import diff as _diff  # noqa: E402,F401
 from sellerbak.commands import drill as _drill  # noqa: E402,F401
 from sellerbak.commands import forget as _forget  # noqa: E402,F401
 from sellerbak.commands import prune as _prune  # noqa: E402,F401
+from sellerbak.commands import rollback as _rollback  # noqa: E402,F401
 from sellerbak.commands import systemd as _systemd  # noqa: E402,F401
 
 #: signals that end a run the way Ctrl-C does, and the error line each gives

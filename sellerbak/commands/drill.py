@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from sellerbak.cli import _open_repo, app, emit_json, monitored, say, settings, summary
+from sellerbak.cli import (
+    _open_repo,
+    app,
+    emit_json,
+    monitored,
+    say,
+    seen_record,
+    settings,
+    summary,
+)
 from sellerbak.errors import EXIT_FAILED, UsageError
 
 
@@ -46,7 +55,9 @@ def drill(
             raise UsageError(f"--max-age: {exc}") from None
     repo = _open_repo()
     now = system_clock()
-    manifests = [m for m in load_manifests(repo) if not source or m.source in source]
+    everything = load_manifests(repo)
+    seen_record(repo).check(everything, now)  # a rolled-back repository fails the drill
+    manifests = [m for m in everything if not source or m.source in source]
     if snapshot_refs:
         chosen = [resolve_snapshot(repo, ref, now=now, manifests=manifests)
                   for ref in snapshot_refs]

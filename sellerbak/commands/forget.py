@@ -12,7 +12,17 @@ from typing import Any
 
 import typer
 
-from sellerbak.cli import _open_repo, app, emit_json, lock_repo, monitored, say, settings, summary
+from sellerbak.cli import (
+    _open_repo,
+    app,
+    emit_json,
+    lock_repo,
+    monitored,
+    say,
+    seen_record,
+    settings,
+    summary,
+)
 from sellerbak.errors import RetentionError, UsageError
 
 _COUNT_HELP = ("Keep the newest snapshot of each of the last N {what} (UTC) that have one; "
@@ -125,6 +135,9 @@ def forget(
                 except RetentionError as exc:  # Object Lock: it goes when retention ends
                     retained.append(m.short_id)
                     say(f"warning: snapshot {m.short_id}: {exc}")
+            gone = {m.id for m in removed if m.short_id not in retained}
+            # this machine forgot them: the rollback check must not hold it against the repository
+            seen_record(repo).forgot(gone, [m for m in manifests if m.id not in gone])
             if retained:
                 problems.append(f"{len(retained)} snapshot(s) are still under Object Lock "
                                 f"retention and were left: {', '.join(retained)}")
