@@ -130,3 +130,40 @@ def test_rollback_on_s3_is_noticed_before_the_next_snapshot(tmp_path: Path, s3_u
     line = _one_error(_cli(cfg, "snapshot"))
     assert f"snapshot {new['id'][:8]} of source shop" in line
     assert len(_ids(cfg)) == 1
+
+
+def test_record_library_damaged_newest_and_forgetting_older_ones(tmp_path: Path) -> None:
+    """Library level: a damaged newest manifest counts as missing; forgetting a snapshot that
+    is not the recorded one changes nothing; records are per repository."""
+    import pytest
+
+    from sellerbak.backup.snapshot import SnapshotRun
+    from sellerbak.repository.manifest import load_manifests
+    from sellerbak.repository.seen import RollbackError, SeenRecord
+    from sellerbak.storage.local import LocalStore
+    from tests.helpers import ListSource, init_repo, open_repo
+
+    store = LocalStore(tmp_path / "repo")
+    init_repo(store)
+    src = ListSource("shop", {"orders": [{"id": "o1"}]})
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    made = [SnapshotRun(open_repo(store), clock=lambda d=d: base + timedelta(days=d)).run(
+        src, []).manifest for d in range(3)]
+    repo = open_repo(store)
+    record = SeenRecord(tmp_path / "state", repo)
+    record.check(load_manifests(repo), now=base + timedelta(days=3))
+    assert record.sources["shop"].id == made[2].id.hex()
+
+    record.forgot([made[0].id], made[1:])
+    assert SeenRecord(tmp_path / "state", repo).sources["shop"].id == made[2].id.hex()
+
+    manifest_file = tmp_path / "repo" / "snapshots" / made[2].id.hex()
+    data = bytearray(manifest_file.read_bytes())
+    data[-1] ^= 1
+    manifest_file.write_bytes(bytes(data))
+    with pytest.raises(RollbackError, match=f"snapshot {made[2].short_id} of source shop"):
+        SeenRecord(tmp_path / "state", repo).verify(load_manifests(repo))
+
+    other_store = LocalStore(tmp_path / "other")
+    init_repo(other_store)
+    assert SeenRecord(tmp_path / "state", open_repo(other_store)).sources == {}

@@ -19,7 +19,6 @@ not against someone who can also delete files on this machine.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import hmac
@@ -144,9 +143,7 @@ class SeenRecord:
             private_dirs(self.dir)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
-                raise disk_error(f"the record of seen snapshots ({self.path})", exc) from None
-            raise
+            raise disk_error(f"the record of seen snapshots ({self.path})", exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self.sources = self._load()
