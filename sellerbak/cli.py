@@ -23,6 +23,7 @@ from sellerbak.errors import (
     EXIT_INCOMPLETE,
     EXIT_USAGE,
     ConfigError,
+    IntegrityError,
     SellerbakError,
     SourceError,
     UsageError,
@@ -175,6 +176,13 @@ def _remember_key(repo: Any, key_id: str) -> None:
         typer.echo(f"warning: {exc}; the next open may try other key files first", err=True)
 
 
+def seen_record(repo: Any) -> Any:
+    """This machine's record of the newest snapshot of each source (rollback detection)."""
+    from sellerbak.repository.seen import SeenRecord
+
+    return SeenRecord(settings.config.state_dir, repo)
+
+
 def lock_repo(repo: Any, exclusive: bool) -> Any:
     """The repository lock for this command, waiting as long as --retry-lock says."""
     from sellerbak.repository.locks import RepositoryLock
@@ -271,8 +279,14 @@ def snapshot(
     repo = _open_repo()
     results = []
     failed: list[tuple[str, SourceError]] = []
+
+    def warn(text: str) -> None:
+        say(f"warning: {text}")
+
     with lock_repo(repo, exclusive=False) as lock, make_progress(settings) as progress:
-        run = SnapshotRun(repo, progress, before_commit=lock.ensure_held)
+        run = SnapshotRun(repo, progress, before_commit=lock.ensure_held, warn=warn)
+        seen = seen_record(repo)
+        seen.check(run.manifests)  # before writing: never build on a rolled-back repository
         if run.problems:
             say(f"warning: {len(run.problems)} snapshot(s) could not be read and were "
                 "ignored; run 'sellerbak check'")
@@ -289,10 +303,11 @@ def snapshot(
                 failed.append((src.name, exc))  # reported, with the others', at the end
                 # a fresh run: what the failed export had uploaded is found again (and
                 # indexed) before anything else can refer to it
-                run = SnapshotRun(repo, progress, before_commit=lock.ensure_held)
+                run = SnapshotRun(repo, progress, before_commit=lock.ensure_held, warn=warn)
                 continue
             results.append(result)
             m = result.manifest
+            seen.saw([m])
             _record_snapshot(outcome, result)
             if not settings.json and not settings.quiet:
                 typer.echo(m.id.hex())
@@ -368,11 +383,14 @@ def snapshots(
 ) -> None:
     """List snapshots (id, time, source, tags, records, size)."""
     from sellerbak.repository.manifest import load_manifests
+    from sellerbak.repository.timeline import future_warning, is_future, system_clock
 
     repo = _open_repo()
     manifests = [m for m in load_manifests(repo) if source is None or m.source == source]
+    now = system_clock()
     if settings.json:
         emit_json([{"id": m.id.hex(), "short_id": m.short_id, "time": m.time,
+                    "future": is_future(m, now),
                     "source": m.source, "source_type": m.source_type, "hostname": m.hostname,
                     "tags": m.tags, "records": m.records, "bytes": m.bytes,
                     "complete": m.complete, "parent": m.parent,
@@ -389,9 +407,13 @@ def snapshots(
     for m in manifests:  # Text: names are neither rich markup nor terminal escapes
         table.add_row(m.short_id, m.datetime.strftime("%Y-%m-%d %H:%M:%S"), Text(safe(m.source)),
                       Text(safe(",".join(m.tags))), str(m.records), _human_size(m.bytes),
-                      "" if m.complete else "incomplete")
+                      ("" if m.complete else "incomplete")
+                      + (" FUTURE-DATED" if is_future(m, now) else ""))
     Console(soft_wrap=True).print(table)
     say(f"{len(manifests)} snapshots")
+    for m in manifests:
+        if is_future(m, now):
+            say("warning: " + future_warning(m, "not taken as 'latest'"))
 
 
 @app.command()
@@ -406,13 +428,17 @@ def restore(
 ) -> None:
     """Restore a snapshot's datasets into TARGET, verified against the manifest."""
     from sellerbak.progress import make_progress
-    from sellerbak.repository.manifest import resolve_snapshot
+    from sellerbak.repository.manifest import load_manifests, resolve_snapshot
     from sellerbak.restore.restore import FORMATS, restore_snapshot
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
     repo = _open_repo()
-    manifest = resolve_snapshot(repo, snapshot_ref, source)
+    manifests = None
+    if snapshot_ref == "latest":  # the newest must not have vanished: see repository/seen.py
+        manifests = load_manifests(repo)
+        seen_record(repo).check(manifests)
+    manifest = resolve_snapshot(repo, snapshot_ref, source, manifests=manifests)
     with make_progress(settings) as progress:
         wanted = [d for n, d in manifest.datasets.items() if not dataset or n in dataset]
         advance = progress.bar(f"restoring {manifest.short_id}",
@@ -444,12 +470,17 @@ def check(
     """Check the repository's structure; with --read-data, every byte of data."""
     from sellerbak.progress import make_progress
     from sellerbak.repository.check import check_repository
+    from sellerbak.repository.manifest import load_manifests
 
     outcome = monitored("check")
     repo = _open_repo()
     with make_progress(settings) as progress:
         advance = progress.bar("reading packs", None, unit="bytes") if read_data else None
         report = check_repository(repo, read_data=read_data, on_pack=advance)
+    try:
+        seen_record(repo).check(load_manifests(repo))
+    except IntegrityError as exc:  # a rollback, or a damaged record of the snapshots seen
+        report.errors.append(str(exc))
     outcome.gauges.update({"errors": len(report.errors), "snapshots": report.snapshots,
                            "packs": report.packs, "bytes_read": report.bytes_read})
     if settings.json:
@@ -662,6 +693,7 @@ from sellerbak.commands import drill as _drill  # noqa: E402,F401
 from sellerbak.commands import forget as _forget  # noqa: E402,F401
 from sellerbak.commands import prune as _prune  # noqa: E402,F401
 from sellerbak.commands import repair as _repair  # noqa: E402,F401
+from sellerbak.commands import rollback as _rollback  # noqa: E402,F401
 from sellerbak.commands import systemd as _systemd  # noqa: E402,F401
 
 #: signals that end a run the way Ctrl-C does, and the error line each gives

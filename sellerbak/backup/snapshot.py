@@ -12,12 +12,13 @@ read back only to extend the dataset's SHA-256), and only the chunks around chan
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from zstandard import ZstdCompressionDict, ZstdError, train_dictionary
@@ -46,7 +47,6 @@ from sellerbak.repository.manifest import (
     format_time,
     load_manifests,
     new_manifest_id,
-    now_rfc3339,
     write_manifest,
 )
 from sellerbak.repository.packs import (
@@ -57,6 +57,13 @@ from sellerbak.repository.packs import (
     load_dictionary,
 )
 from sellerbak.repository.repo import Repository
+from sellerbak.repository.timeline import (
+    Clock,
+    check_new_snapshot_time,
+    future_warning,
+    split_future,
+    system_clock,
+)
 
 #: ref-list blobs: about 40 chunk references each
 REFLIST_TARGET = 4 * 1024
@@ -66,6 +73,7 @@ DICT_SIZE = 64 * 1024
 DICT_SAMPLES = 2000
 DICT_MIN_RECORDS = 200
 DICT_MIN_BYTES = 256 * 1024
+log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -200,8 +208,14 @@ class SnapshotRun:
 
     def __init__(self, repo: Repository, progress: Progress | None = None,
                  tmpdir: str | None = None,
-                 before_commit: Callable[[], None] | None = None) -> None:
+                 before_commit: Callable[[], None] | None = None,
+                 clock: Clock = system_clock,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.repo = repo
+        #: "now": the machine's clock, or the time a test wants
+        self.clock = clock
+        #: where warnings go (the CLI prints them; by default they are logged)
+        self.warn = warn or log.warning
         self.progress: Progress = progress or SilentProgress()
         self.tmpdir = tmpdir
         #: runs just before a manifest is written (the CLI checks the lock is still held)
@@ -213,14 +227,25 @@ class SnapshotRun:
         self._dicts: dict[bytes, ZstdCompressionDict] = {}
         self._trained_ids: set[int] = set()
 
-    def previous(self, source: str) -> Manifest | None:
-        mine = [m for m in self.manifests if m.source == source]
-        return mine[-1] if mine else None
+    def previous(self, source: str, now: datetime | None = None) -> Manifest | None:
+        """The newest snapshot of `source` not dated in the future: the next snapshot's parent.
+        A future-dated one is skipped with a warning: its cursors lie ahead of the source's
+        data, and an incremental export from them would find nothing new, night after night."""
+        past, future = split_future([m for m in self.manifests if m.source == source],
+                                    now or self.clock())
+        for m in future:
+            self.warn(future_warning(m, "not used as the parent of this snapshot"))
+        return past[-1] if past else None
 
     def run(self, source: Source, tags: list[str], full: bool = False,
             at: datetime | None = None) -> SnapshotResult:
         started = time.monotonic()
-        prev = None if full else self.previous(source.name)
+        now = self.clock()
+        if at is not None and at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        newest = self.previous(source.name, now)
+        check_new_snapshot_time(at or now, now, newest, given=at is not None)
+        prev = None if full else newest
         cursors: dict[str, Any] = {}
         if prev is not None:
             cursors = {n: d.cursor for n, d in prev.datasets.items()
@@ -243,8 +268,11 @@ class SnapshotRun:
         finally:
             stream.close()
             writer.close()
+        when = at or self.clock()
+        if at is None:  # the clock may have been set back during the run
+            check_new_snapshot_time(when, when, newest, given=False)
         manifest = Manifest(
-            id=new_manifest_id(), time=format_time(at) if at else now_rfc3339(),
+            id=new_manifest_id(), time=format_time(when),
             source=source.name,
             source_type=source.type, hostname=socket.gethostname(), tags=sorted(set(tags)),
             datasets=datasets, parent=prev.id.hex() if prev else None)

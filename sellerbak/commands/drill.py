@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from sellerbak.cli import _open_repo, app, emit_json, monitored, say, settings, summary
+from sellerbak.cli import (
+    _open_repo,
+    app,
+    emit_json,
+    monitored,
+    say,
+    seen_record,
+    settings,
+    summary,
+)
 from sellerbak.errors import EXIT_FAILED, UsageError
 from sellerbak.termsafe import safe
 
@@ -34,6 +43,7 @@ def drill(
     from sellerbak.durations import parse_duration
     from sellerbak.ops.outcome import DatasetCount
     from sellerbak.repository.manifest import load_manifests, resolve_snapshot
+    from sellerbak.repository.timeline import system_clock
     from sellerbak.restore.drill import newest_per_source, run_drill, write_report
 
     outcome = monitored("drill")
@@ -45,14 +55,18 @@ def drill(
         except ValueError as exc:
             raise UsageError(f"--max-age: {exc}") from None
     repo = _open_repo()
-    manifests = [m for m in load_manifests(repo) if not source or m.source in source]
+    now = system_clock()
+    everything = load_manifests(repo)
+    seen_record(repo).check(everything, now)  # a rolled-back repository fails the drill
+    manifests = [m for m in everything if not source or m.source in source]
     if snapshot_refs:
-        chosen = [resolve_snapshot(repo, ref) for ref in snapshot_refs]
+        chosen = [resolve_snapshot(repo, ref, now=now, manifests=manifests)
+                  for ref in snapshot_refs]
     else:
-        chosen = newest_per_source(manifests)
+        chosen = newest_per_source(manifests, now)
     expected = list(source) if source else [s.name for s in config.sources]
     report = run_drill(repo, chosen, manifests, scratch_parent=scratch or config.drill.scratch_dir,
-                       keep=keep, max_age=allowed, expected_sources=expected)
+                       keep=keep, max_age=allowed, expected_sources=expected, now=now)
     outcome.snapshots = [s.snapshot for s in report.snapshots]
     outcome.datasets = [DatasetCount(d.source, d.name, d.records, d.bytes)
                         for d in report.datasets]
@@ -64,6 +78,8 @@ def drill(
     if settings.json:
         emit_json(report.to_json())
     else:
+        for warning in report.warnings:
+            say(f"warning: {warning}")
         for d in report.datasets:
             say(f"{d.source} {d.name}: {d.records} records "
                 + ("verified" if d.ok else f"FAILED ({d.problem})"))

@@ -12,7 +12,17 @@ from typing import Any
 
 import typer
 
-from sellerbak.cli import _open_repo, app, emit_json, lock_repo, monitored, say, settings, summary
+from sellerbak.cli import (
+    _open_repo,
+    app,
+    emit_json,
+    lock_repo,
+    monitored,
+    say,
+    seen_record,
+    settings,
+    summary,
+)
 from sellerbak.errors import RetentionError, UsageError
 
 _COUNT_HELP = ("Keep the newest snapshot of each of the last N {what} (UTC) that have one; "
@@ -21,6 +31,9 @@ _COUNT_HELP = ("Keep the newest snapshot of each of the last N {what} (UTC) that
 
 @app.command()
 def forget(
+    snapshot_ids: list[str] = typer.Argument(None, metavar="[SNAPSHOT]...",
+                                             help="Remove exactly these snapshots (unique id "
+                                             "prefixes); no retention policy is applied."),
     keep_last: int | None = typer.Option(None, "--keep-last", min=-1, metavar="N",
                                          help="Keep the N newest snapshots (-1: all)."),
     keep_hourly: int | None = typer.Option(None, "--keep-hourly", min=-1, metavar="N",
@@ -57,6 +70,8 @@ def forget(
     A count of 0 switches a configured rule off; -1 keeps all. Periods are cut in UTC.
 
     A policy that would remove every snapshot of a source is refused.
+
+    With snapshot ids, exactly those snapshots are removed and no policy applies.
     """
     from sellerbak.commands.prune import parse_percent, run_prune
     from sellerbak.repository.manifest import load_manifests
@@ -64,18 +79,32 @@ def forget(
     from sellerbak.repository.retention import (
         RetentionPolicy,
         apply_policy,
+        decide_by_ids,
         refuse_removing_all,
     )
+    from sellerbak.repository.timeline import future_warning, system_clock
 
     outcome = monitored("prune" if prune else "forget")
-    policy = RetentionPolicy.from_config(settings.config.retention).with_overrides(
-        keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
-        keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly,
-        keep_within=_duration(keep_within), keep_tag=list(keep_tag) if keep_tag else None)
-    policy.require_rules()
+    rules = dict(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
+                 keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly,
+                 keep_within=keep_within, keep_tag=keep_tag or None)
+    policy = None
+    if snapshot_ids:
+        given = sorted(f"--{k.replace('_', '-')}" for k, v in rules.items() if v is not None)
+        if given or source:
+            raise UsageError(f"snapshot ids and {', '.join(given) or '--source'} do not go "
+                             "together: with ids, exactly those snapshots are removed")
+        say(f"removing {len(snapshot_ids)} snapshot(s) by id"
+            + (" (dry run: nothing is removed)" if dry_run else ""))
+    else:
+        rules["keep_within"] = _duration(keep_within)
+        rules["keep_tag"] = list(keep_tag) if keep_tag else None
+        policy = RetentionPolicy.from_config(settings.config.retention).with_overrides(**rules)
+        policy.require_rules()
     threshold = parse_percent(max_unused)
-    say(f"applying policy: {policy.describe()}" + (" (dry run: nothing is removed)"
-                                                   if dry_run else ""))
+    if policy is not None:
+        say(f"applying policy: {policy.describe()}" + (" (dry run: nothing is removed)"
+                                                       if dry_run else ""))
     repo = _open_repo()
     prune_report = None
     with lock_repo(repo, exclusive=not dry_run or prune) as lock:
@@ -87,8 +116,15 @@ def forget(
                 "alone; run 'sellerbak check'")
         for name in sorted(set(source or ()) - {m.source for m in manifests}):
             say(f"warning: no snapshot of source {name} to judge")
-        decisions = apply_policy(manifests, policy)
-        refuse_removing_all(decisions)
+        if policy is None:
+            decisions = decide_by_ids(manifests, snapshot_ids)
+        else:
+            decisions = apply_policy(manifests, policy, system_clock())
+            refuse_removing_all(decisions)
+            for d in decisions:
+                if d.future:
+                    say("warning: " + future_warning(d.manifest, "kept, and not counted by "
+                                                     "the policy"))
         removed = [d.manifest for d in decisions if not d.keep]
         retained: list[str] = []
         if not dry_run:
@@ -99,6 +135,9 @@ def forget(
                 except RetentionError as exc:  # Object Lock: it goes when retention ends
                     retained.append(m.short_id)
                     say(f"warning: snapshot {m.short_id}: {exc}")
+            gone = {m.id for m in removed if m.short_id not in retained}
+            # this machine forgot them: the rollback check must not hold it against the repository
+            seen_record(repo).forgot(gone, [m for m in manifests if m.id not in gone])
             if retained:
                 problems.append(f"{len(retained)} snapshot(s) are still under Object Lock "
                                 f"retention and were left: {', '.join(retained)}")
@@ -109,7 +148,8 @@ def forget(
             prune_report = run_prune(repo, lock, dry_run, threshold,
                                      ignore={m.id for m in removed} if dry_run else None)
     if settings.json:
-        doc: dict[str, Any] = {"dry_run": dry_run, "policy": policy.to_json(),
+        doc: dict[str, Any] = {"dry_run": dry_run,
+                               "policy": policy.to_json() if policy is not None else None,
                                "sources": _by_source(decisions), "problems": problems}
         if prune_report is not None:
             doc["prune"] = prune_report.to_json()

@@ -14,6 +14,7 @@ manifest stays small however large the shop grows.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,7 +33,10 @@ from sellerbak.errors import (
 )
 from sellerbak.repository.format import compress, decompress
 from sellerbak.repository.repo import Repository, parse_hex_id, snapshot_name
+from sellerbak.repository.timeline import future_warning, split_future
 from sellerbak.repository.unreadable import Unreadable, warn_once
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "sellerbak-snapshot/1"
 #: bound of every count and length in a manifest (totals of larger ones would not add up
@@ -394,14 +398,27 @@ def load_manifests(repo: Repository, problems: list[str] | None = None,
     return sorted(manifests, key=lambda m: (m.datetime, m.id))
 
 
-def resolve_snapshot(repo: Repository, ref: str, source: str | None = None) -> Manifest:
-    """`latest` (optionally of a source) or a unique hex prefix of a snapshot id."""
+def resolve_snapshot(repo: Repository, ref: str, source: str | None = None, *,
+                     now: datetime | None = None,
+                     manifests: list[Manifest] | None = None) -> Manifest:
+    """`latest` (optionally of a source) or a unique hex prefix of a snapshot id.
+
+    `latest` is the newest snapshot not dated in the future (see repository.timeline): one
+    taken with the clock ahead would otherwise stay `latest` for good. Such snapshots are
+    named in a warning; `now` defaults to the machine's clock, `manifests` to the
+    repository's (a caller that has loaded them passes them)."""
     if ref == "latest":
-        manifests = [m for m in load_manifests(repo) if source is None or m.source == source]
-        if not manifests:
-            raise SnapshotNotFoundError("no snapshot found" + (f" of source {source}"
-                                                               if source else ""))
-        return manifests[-1]
+        if manifests is None:
+            manifests = load_manifests(repo)
+        mine = [m for m in manifests if source is None or m.source == source]
+        past, future = split_future(mine, now or datetime.now(UTC))
+        for m in future:
+            log.warning("%s", future_warning(m, "not taken as 'latest'"))
+        if not past:
+            raise SnapshotNotFoundError(
+                "no snapshot found" + (f" of source {source}" if source else "")
+                + (f" that is not dated in the future ({len(future)} are)" if future else ""))
+        return past[-1]
     ref_l = ref.lower()
     if not ref_l or any(c not in "0123456789abcdef" for c in ref_l):
         raise SnapshotNotFoundError(f"{ref!r} is not a snapshot id (hex) or 'latest'")

@@ -12,11 +12,15 @@ The rules are restic's `ApplyPolicy`, so an operator's restic habits carry over:
   still to fill, that snapshot is kept too (restic's "oldest daily snapshot"): the history kept
   reaches as far back as there is history. Periods are cut in UTC, whatever the host's zone;
 - `keep_within D` keeps every snapshot taken less than D before the group's newest snapshot
-  (not before now: a source that stopped backing up keeps its last days of history). A snapshot
-  dated in the future does not count as the newest, as in restic;
+  (not before now: a source that stopped backing up keeps its last days of history);
 - `keep_tag T` keeps every snapshot carrying tag T (not counted against any bucket).
 
 A snapshot is kept when any rule keeps it; the reasons list every rule that did.
+
+A snapshot dated in the future (more than timeline.MAX_CLOCK_SKEW after now: the clock was
+ahead, or `--time` was) is judged by no rule: counted, it would be the "newest" and push real
+snapshots out of every bucket. It is kept, marked `future`, and `forget` names it in a warning,
+so it is neither lost by accident nor kept silently forever (`forget ID` removes it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sellerbak.errors import SellerbakError, UsageError
+from sellerbak.repository.timeline import MAX_CLOCK_SKEW
 
 #: bucket name -> the period a UTC time falls in (restic's ymdh, ymd, yw, ym, y)
 _PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
@@ -141,6 +146,8 @@ class Decision:
     keep: bool
     #: why it is kept, e.g. ["last snapshot", "daily snapshot", "within 7d", "tagged keep"]
     reasons: list[str] = field(default_factory=list)
+    #: dated in the future: kept, judged by no rule (see the module docstring)
+    future: bool = False
 
 
 def spell_duration(delta: timedelta) -> str:
@@ -181,15 +188,15 @@ def apply_policy(manifests: Iterable[Snapshot], policy: RetentionPolicy,
 
 def _apply_group(group: Sequence[Snapshot], policy: RetentionPolicy,
                  now: datetime) -> list[Decision]:
+    future = [s for s in group if _utc(s) > now + MAX_CLOCK_SKEW]
+    decisions = [Decision(s, True, ["dated in the future"], future=True) for s in future]
+    group = [s for s in group if _utc(s) <= now + MAX_CLOCK_SKEW]
     times = [_utc(s) for s in group]
-    past = [t for t in times if t < now]
     cutoff = None
-    if policy.within is not None:
-        # as in restic: newest snapshot not in the future; with none, everything is "within"
-        cutoff = max(past) - policy.within if past else None
+    if policy.within is not None and times:
+        cutoff = times[0] - policy.within  # the newest snapshot not in the future
     counts = {r: getattr(policy, f"keep_{r}") for r in COUNT_RULES}
     last_period: dict[str, tuple[int, ...] | None] = dict.fromkeys(COUNT_RULES)
-    decisions = []
     oldest = len(group) - 1
     for nr, (snap, when) in enumerate(zip(group, times, strict=True)):
         reasons = [f"tagged {tag}" for tag in policy.keep_tag if tag in snap.tags]
@@ -213,12 +220,41 @@ def _apply_group(group: Sequence[Snapshot], policy: RetentionPolicy,
 
 def refuse_removing_all(decisions: Sequence[Decision]) -> None:
     """Raise if a source would be left without any snapshot (checked before anything is
-    deleted)."""
+    deleted). A future-dated snapshot kept does not count: it is no backup to fall back on."""
     sources: dict[str, bool] = {}
     for d in decisions:
+        if d.future:
+            continue
         sources[d.manifest.source] = sources.get(d.manifest.source, False) or d.keep
     emptied = sorted(s for s, kept in sources.items() if not kept)
     if emptied:
         raise LastSnapshotError(f"refusing to remove every snapshot of source {emptied[0]}: "
                                 "the policy keeps none of them (check --keep-tag and the "
                                 "other rules); nothing was removed")
+
+
+def decide_by_ids(manifests: Sequence[Snapshot], refs: Sequence[str]) -> list[Decision]:
+    """`forget ID...`: remove exactly the snapshots named by unique hex id prefixes (as restic's
+    `forget <snapshot-id>`), no policy applied. Every other snapshot of the sources touched is
+    listed as kept, so the output shows what is left. An unknown or ambiguous prefix removes
+    nothing (raised before any decision is used)."""
+    from sellerbak.errors import SnapshotNotFoundError
+
+    named: dict[bytes, Snapshot] = {}
+    for ref in refs:
+        prefix = ref.lower()
+        if not prefix or prefix.strip("0123456789abcdef"):
+            raise UsageError(f"{ref!r} is not a snapshot id (hex); nothing was removed")
+        matches = [m for m in manifests if m.id.hex().startswith(prefix)]
+        if not matches:
+            raise SnapshotNotFoundError(f"snapshot {ref} not found; nothing was removed")
+        if len(matches) > 1:
+            raise SnapshotNotFoundError(f"snapshot id prefix {ref} is ambiguous; give more "
+                                        "digits; nothing was removed")
+        named[matches[0].id] = matches[0]
+    touched = {m.source for m in named.values()}
+    out: list[Decision] = []
+    for source in sorted(touched):
+        for m in newest_first(s for s in manifests if s.source == source):
+            out.append(Decision(m, m.id not in named, [] if m.id in named else ["not named"]))
+    return out

@@ -6,6 +6,10 @@ own streaming checks: every dataset's record count and SHA-256 are recomputed fr
 restored file and compared with the manifest. It reports the recovery time (RTO: how long the
 restore took) and the recovery point (RPO: how old the newest snapshot is), and fails when
 either verification fails or the newest snapshot is older than the allowed age.
+
+A snapshot dated in the future (repository.timeline) is never the "newest" here: it would give
+an RPO of 0 and pass any --max-age however old the real backups are. The recovery point comes
+from the snapshots that are not in the future; a future-dated one is named as a warning.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from sellerbak.errors import SellerbakError
 from sellerbak.records import human_bytes
 from sellerbak.repository.manifest import Manifest
 from sellerbak.repository.repo import Repository
+from sellerbak.repository.timeline import future_warning, split_future
 from sellerbak.restore.restore import restore_snapshot
 
 READ_BLOCK = 1 << 20
@@ -66,6 +71,8 @@ class DrillReport:
     #: per source: age of its newest snapshot when the drill started
     rpo_seconds: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: worth a look, not a failure (e.g. a snapshot dated in the future)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
@@ -90,7 +97,7 @@ class DrillReport:
                 "rpo_seconds": {s: round(a, 3) for s, a in self.rpo_seconds.items()},
                 "max_age_seconds": self.max_age.total_seconds() if self.max_age else None,
                 "scratch": str(self.scratch) if self.kept else None,
-                "problems": self.problems,
+                "problems": self.problems, "warnings": self.warnings,
                 "snapshots": [vars(s) for s in self.snapshots],
                 "datasets": [vars(d) for d in self.datasets]}
 
@@ -118,13 +125,16 @@ class DrillReport:
                          f"`{d.sha256[:16]}…` | {state} |")
         if self.problems:
             lines += ["", "## Problems", ""] + [f"- {p}" for p in self.problems]
+        if self.warnings:
+            lines += ["", "## Warnings", ""] + [f"- {w}" for w in self.warnings]
         return "\n".join(lines) + "\n"
 
 
-def newest_per_source(manifests: list[Manifest]) -> list[Manifest]:
-    """The newest snapshot of each source (manifests come oldest first)."""
+def newest_per_source(manifests: list[Manifest], now: datetime | None = None) -> list[Manifest]:
+    """The newest snapshot of each source that is not dated in the future (manifests come
+    oldest first); `now` defaults to the machine's clock."""
     newest: dict[str, Manifest] = {}
-    for m in manifests:
+    for m in split_future(manifests, now or datetime.now(UTC))[0]:
         newest[m.source] = m
     return [newest[s] for s in sorted(newest)]
 
@@ -139,7 +149,9 @@ def run_drill(repo: Repository, chosen: list[Manifest], all_manifests: list[Mani
         scratch_parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     scratch = Path(tempfile.mkdtemp(prefix="sellerbak-drill-", dir=scratch_parent))
     report = DrillReport(now, scratch, keep, max_age)
-    for m in newest_per_source(all_manifests):
+    for m in split_future(all_manifests, now)[1]:
+        report.warnings.append(future_warning(m, "not counted for the recovery point"))
+    for m in newest_per_source(all_manifests, now):
         report.rpo_seconds[m.source] = max((now - m.datetime).total_seconds(), 0.0)
     for source in expected_sources:
         if source not in report.rpo_seconds:
