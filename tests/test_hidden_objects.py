@@ -138,8 +138,10 @@ def test_hidden_newest_snapshot_fails_check_survives_prune_and_is_repaired(shop:
     proc = shop.cli("check", "--read-data")
     assert proc.returncode == 1, proc.stderr
     errors = _error_lines(proc.stderr)
-    assert len(errors) == 1
     assert errors[0].startswith(f"error: snapshots/{newest} hidden by a delete marker at ")
+    # this machine saw that snapshot, so its record of the newest one reports the rollback too
+    assert len(errors) == 2 and f"snapshot {newest[:8]} " in errors[1]
+    assert "accept-rollback" in errors[1]
 
     # prune runs, warns naming it, and deletes nothing the hidden snapshot needs
     proc = shop.cli("prune")
