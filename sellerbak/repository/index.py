@@ -40,7 +40,13 @@ from sellerbak.repository.format import (
     decompress,
     encode_index,
 )
-from sellerbak.repository.repo import Repository, index_name, pack_name, parse_hex_id
+from sellerbak.repository.repo import (
+    MAX_SEALED_BYTES,
+    Repository,
+    index_name,
+    pack_name,
+    parse_hex_id,
+)
 
 ID_LEN = 32
 _EMPTY = -1
@@ -285,7 +291,8 @@ class Index:
 
         def fetch(item: tuple[str, bytes]) -> tuple[bytes, bytes, list[bytes], int, str]:
             name, iid = item
-            plain = decompress(repo.open_sealed(Kind.INDEX, iid, repo.store.get(name), name),
+            sealed = repo.store.get(name, MAX_SEALED_BYTES)
+            plain = decompress(repo.open_sealed(Kind.INDEX, iid, sealed, name),
                                name)
             return iid, plain, *_index_layout(plain, name), name
 

@@ -30,7 +30,7 @@ from sellerbak.errors import (
     SnapshotNotFoundError,
 )
 from sellerbak.repository.format import compress, decompress
-from sellerbak.repository.repo import Repository, parse_hex_id, snapshot_name
+from sellerbak.repository.repo import MAX_SEALED_BYTES, Repository, parse_hex_id, snapshot_name
 
 MANIFEST_FORMAT = "sellerbak-snapshot/1"
 #: bound of every count and length in a manifest (totals of larger ones would not add up
@@ -224,7 +224,7 @@ def write_manifest(repo: Repository, manifest: Manifest) -> None:
 def read_manifest(repo: Repository, snapshot_id: bytes) -> Manifest:
     name = snapshot_name(snapshot_id)
     try:
-        data = repo.store.get(name)
+        data = repo.store.get(name, MAX_SEALED_BYTES)
     except ObjectNotFoundError:
         raise SnapshotNotFoundError(f"snapshot {snapshot_id.hex()[:8]} not found") from None
     plain = decompress(repo.open_sealed(Kind.MANIFEST, snapshot_id, data, name), name)

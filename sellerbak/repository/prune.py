@@ -48,6 +48,7 @@ from sellerbak.repository.index import Index, read_pack_record, write_index
 from sellerbak.repository.manifest import load_manifests
 from sellerbak.repository.packs import ChunkReader, PackWriter
 from sellerbak.repository.repo import (
+    MAX_SEALED_BYTES,
     Repository,
     index_name,
     pack_name,
@@ -207,7 +208,7 @@ def _load_packs(repo: Repository, report: PruneReport
 
     def fetch(item: tuple[str, bytes]) -> tuple[bytes, list[PackRecord], list[bytes]]:
         name, iid = item
-        plain = repo.open_sealed(Kind.INDEX, iid, repo.store.get(name), name)
+        plain = repo.open_sealed(Kind.INDEX, iid, repo.store.get(name, MAX_SEALED_BYTES), name)
         packs, supersedes = decode_index(plain, name)
         return iid, packs, supersedes
 

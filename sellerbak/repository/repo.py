@@ -22,7 +22,7 @@ from typing import Any
 from sellerbak.crypto import envelope
 from sellerbak.crypto.envelope import Kind
 from sellerbak.crypto.kdf import KdfParams
-from sellerbak.crypto.keyfile import KeyFile
+from sellerbak.crypto.keyfile import MAX_KEYFILE_BYTES, KeyFile
 from sellerbak.crypto.keys import Keyring, hkdf
 from sellerbak.errors import (
     FormatError,
@@ -38,6 +38,11 @@ DEFAULT_CHUNK_TARGET = 8 * 1024
 DEFAULT_CHUNK_MAX = 64 * 1024
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 MAX_CONFIG_BYTES = 64 * 1024
+#: the largest lock object read: a sealed JSON document of a few hundred bytes
+MAX_LOCK_BYTES = 64 * 1024
+#: the largest index or manifest object read: a sealed zstd frame of at most 1 GiB of plaintext
+#: (docs/FORMAT.md, Limits); zstd and the envelope add far less than the 16 MiB margin
+MAX_SEALED_BYTES = (1 << 30) + (16 << 20)
 
 PassphraseProvider = Callable[[], str]
 
@@ -118,7 +123,7 @@ class Repository:
     @staticmethod
     def read_config(store: Store) -> dict[str, Any]:
         try:
-            raw = store.get("config")
+            raw = store.get("config", MAX_CONFIG_BYTES)
         except ObjectNotFoundError:
             raise NoRepositoryError(
                 f"no repository at {store.location} (run 'sellerbak init' first)") from None
@@ -145,7 +150,7 @@ class Repository:
         key_files = []
         for info in store.list("keys/"):
             try:
-                kf = KeyFile.from_bytes(store.get(info.name))
+                kf = KeyFile.from_bytes(store.get(info.name, MAX_KEYFILE_BYTES))
             except (FormatError, ObjectNotFoundError):
                 continue  # a damaged key file is skipped; another may still open
             if kf.repo_id == repo_id and info.name == f"keys/{kf.key_id}":
@@ -172,7 +177,7 @@ class Repository:
         keys = []
         for info in self.store.list("keys/"):
             try:
-                kf = KeyFile.from_bytes(self.store.get(info.name))
+                kf = KeyFile.from_bytes(self.store.get(info.name, MAX_KEYFILE_BYTES))
             except (FormatError, ObjectNotFoundError):
                 continue
             if kf.repo_id == self.repo_id:
