@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sellerbak.errors import IntegrityError, SellerbakError, UsageError
-from sellerbak.localfiles import disk_error, private_dirs
+from sellerbak.localfiles import DIR_MODE, disk_error, private_dirs
 from sellerbak.records import parse_line
 from sellerbak.repository.check import pack_sizes
 from sellerbak.repository.datasets import iter_chunk_runs, iter_chunks
@@ -36,6 +36,7 @@ from sellerbak.repository.repo import Repository
 
 FORMATS = ("jsonl", "csv")
 _WRITE_BATCH = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass
@@ -84,17 +85,70 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
                                   dataset_path(staging, name, fmt), fmt, on_records)
                   for name in names]
         out = []
-        for done in staged:
-            final = dataset_path(target, done.name, fmt)
-            _mkdirs(final.parent)
-            os.replace(done.path, final)
-            out.append(RestoredDataset(done.name, final, done.records, done.bytes,
-                                       done.sha256))
+        with _TargetDirs(target) as folders:
+            # every folder is reached (and checked) before the first dataset moves
+            places = [(done, folders.open(dataset_path(target, done.name, fmt)))
+                      for done in staged]
+            for done, (folder_fd, leaf) in places:
+                # rename(2) replaces a symlink at the final name, never what it points to
+                os.replace(done.path, leaf, dst_dir_fd=folder_fd)
+                final = dataset_path(target, done.name, fmt)
+                out.append(RestoredDataset(done.name, final, done.records, done.bytes,
+                                           done.sha256))
         return out
     except OSError as exc:  # moving into place: a full disk (a directory) or permissions
         raise disk_error(str(target), exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class _TargetDirs:
+    """The folders inside the target that datasets go to (`finance/` ...), each reached from
+    the target through descriptors opened with O_NOFOLLOW, and created 0700 if missing. A
+    symlink planted where such a folder should be (`TARGET/finance -> /elsewhere`) is refused,
+    naming it, so no file outside the target is ever created or replaced. The target itself is
+    the user's choice and may be a symlink."""
+
+    def __init__(self, target: Path) -> None:
+        self._target = target
+        self._fds: dict[tuple[str, ...], int] = {}
+
+    def __enter__(self) -> _TargetDirs:
+        self._fds[()] = os.open(self._target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def open(self, final: Path) -> tuple[int, str]:
+        """(descriptor of the folder `final` goes into, its file name)."""
+        parts = final.relative_to(self._target).parts
+        for depth in range(1, len(parts)):
+            key = parts[:depth]
+            if key in self._fds:
+                continue
+            parent, name = self._fds[key[:-1]], key[-1]
+            created = False
+            try:
+                os.mkdir(name, DIR_MODE, dir_fd=parent)
+                created = True
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise SellerbakError(
+                    f"cannot restore into {self._target.joinpath(*key)}: it is not a folder "
+                    "(a symbolic link or a file); restore writes only inside the target, so "
+                    "remove it or choose another target") from None
+            if created:
+                os.fchmod(fd, DIR_MODE)  # the umask may have taken bits off mkdir's mode
+            self._fds[key] = fd
+        return self._fds[parts[:-1]], parts[-1]
 
 
 def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: str,
@@ -224,7 +278,8 @@ def _cell(value: object) -> str:
 
 
 def _open_new(path: Path, truncate: bool = False):  # type: ignore[no-untyped-def]
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_EXCL)
+    # O_NOFOLLOW: a link planted at the temporary name is never written through
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if truncate else os.O_EXCL)
     if not truncate:
         _unlink(path)
     return os.fdopen(os.open(path, flags, 0o600), "wb")
