@@ -33,6 +33,7 @@ from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import DatasetEntry, Manifest
 from sellerbak.repository.packs import ChunkReader
 from sellerbak.repository.repo import Repository
+from sellerbak.restore.csvcells import neutralise
 
 FORMATS = ("jsonl", "csv")
 _WRITE_BATCH = 1 << 20
@@ -58,7 +59,10 @@ def dataset_path(target: Path, dataset: str, fmt: str) -> Path:
 def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
                      datasets: list[str] | None = None, fmt: str = "jsonl",
                      index: Index | None = None,
-                     on_records: Callable[[int], None] | None = None) -> list[RestoredDataset]:
+                     on_records: Callable[[int], None] | None = None,
+                     csv_raw: bool = False) -> list[RestoredDataset]:
+    """Restore `datasets` (default: all) of `manifest` into `target`. With fmt "csv", cells a
+    spreadsheet would run as a formula are neutralised (see csvcells) unless `csv_raw`."""
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
     names = sorted(manifest.datasets)
@@ -82,7 +86,8 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
         raise disk_error(str(target), exc) from None
     try:
         staged = [restore_dataset(reader, manifest.datasets[name],
-                                  dataset_path(staging, name, fmt), fmt, on_records)
+                                  dataset_path(staging, name, fmt), fmt, on_records,
+                                  csv_raw)
                   for name in names]
         out = []
         with _TargetDirs(target) as folders:
@@ -152,7 +157,8 @@ class _TargetDirs:
 
 
 def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: str,
-                    on_records: Callable[[int], None] | None = None) -> RestoredDataset:
+                    on_records: Callable[[int], None] | None = None,
+                    csv_raw: bool = False) -> RestoredDataset:
     _mkdirs(path.parent)
     tmp = path.with_name(f".{path.name}.sellerbak-partial")
     hasher = hashlib.sha256()
@@ -180,7 +186,7 @@ def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: s
             fh.flush()
             os.fsync(fh.fileno())
         if fmt == "csv":
-            _write_csv(reader, entry, tmp)
+            _write_csv(reader, entry, tmp, csv_raw)
         os.replace(tmp, path)
     except OSError as exc:
         _unlink(tmp)
@@ -237,9 +243,13 @@ class _BackgroundWriter:
             self._thread.join()
 
 
-def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path) -> None:
+def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path,
+               csv_raw: bool = False) -> None:
     """CSV: columns in the source's order if it had one, then any others sorted; nested values
-    as JSON. Two passes over the verified data (first for the column set) keep memory flat."""
+    as JSON. Two passes over the verified data (first for the column set) keep memory flat.
+    The data was verified as canonical JSONL before this runs, so neutralising cells (unless
+    `csv_raw`) changes what a spreadsheet shows, never what was verified."""
+    cell: Callable[[object], str] = _cell if csv_raw else lambda value: neutralise(_cell(value))
     columns: list[str] = entry.meta.get("columns") or []
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise IntegrityError(f"dataset {entry.name}: the snapshot's column list is malformed")
@@ -256,11 +266,11 @@ def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path) -> None:
         fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.writer(fh)
         try:
-            writer.writerow(columns)
+            writer.writerow([cell(c) for c in columns])  # column names come from records too
             for _ref, plain in iter_chunks(reader, entry):
                 for line in plain.splitlines():
                     rec = parse_line(line, entry.name)
-                    writer.writerow([_cell(rec.get(c)) for c in columns])
+                    writer.writerow([cell(rec.get(c)) for c in columns])
             fh.flush()
         except UnicodeEncodeError:  # a lone surrogate: JSON can spell it, UTF-8 cannot
             raise IntegrityError(f"dataset {entry.name}: a stored record holds text that is "
