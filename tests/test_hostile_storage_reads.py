@@ -147,16 +147,18 @@ def test_local_non_regular_objects_are_listed_and_refused(local: LocalStore, tmp
     assert outside.read_bytes() == b"not the repository's"
 
 
-def test_local_symlinked_parent_folder_is_refused(local: LocalStore, tmp_path: Path) -> None:
+def test_local_symlinked_folder_is_refused_for_reads_and_writes(local: LocalStore,
+                                                                tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "p1").write_bytes(b"planted")
     os.symlink(elsewhere, local.root / "data")
     for read in (lambda: local.get("data/p1"), lambda: local.get_range("data/p1", -4, 4),
                  lambda: local.exists("data/p1"), lambda: local.delete("data/p1"),
-                 lambda: list(local.list("data/"))):
+                 lambda: list(local.list("data/")), lambda: local.put("data/p2", b"new")):
         with pytest.raises(NotAnObjectError, match="data"):
             read()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["p1"]
     assert (elsewhere / "p1").read_bytes() == b"planted"
     with pytest.raises(ObjectNotFoundError):
         local.get("index/none")

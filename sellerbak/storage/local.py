@@ -8,7 +8,8 @@ Reads trust nothing below the root: every directory on the way to an object is o
 to its parent with O_NOFOLLOW, and the object itself with O_NOFOLLOW | O_NONBLOCK and checked to
 be a regular file before a byte is read. So a symlink (to /dev/zero, to someone else's file, or
 a symlinked `snapshots/` directory) is refused rather than followed, and a FIFO cannot block the
-run. The root itself may be a symlink: it is the owner's configured location.
+run. Writes reach their folder the same way, so a symlinked folder never receives an object.
+The root itself may be a symlink: it is the owner's configured location.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sellerbak.errors import ObjectExistsError, ObjectNotFoundError, StorageError
-from sellerbak.localfiles import private_dirs
+from sellerbak.localfiles import DIR_MODE, private_dirs
 from sellerbak.storage.base import NotAnObjectError, ObjectInfo, Store, check_size
 
 _TMP_PREFIX = ".tmp-"
@@ -65,11 +66,13 @@ class LocalStore(Store):
         return self.root.joinpath(*parts)
 
     def put(self, name: str, data: bytes) -> None:
-        path = self._path(name)
-        tmp = path.parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        tmp = f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        parent = -1
         try:
-            private_dirs(path.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            private_dirs(self.root)
+            parent, leaf = self._open_parent(name, create=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=parent)
             try:
                 view = memoryview(data)
                 while view:
@@ -79,29 +82,37 @@ class LocalStore(Store):
             finally:
                 os.close(fd)
             try:
-                os.link(tmp, path)
+                os.link(tmp, leaf, src_dir_fd=parent, dst_dir_fd=parent)
             except FileExistsError:
                 raise ObjectExistsError(f"object {name} already exists; not overwritten") from None
-            _fsync_dir(path.parent)
+            os.fsync(parent)  # the new directory entry
         except OSError as exc:
             raise _os_error("write", name, exc) from exc
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            if parent >= 0:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=parent)
+                os.close(parent)
 
     def _not_an_object(self, name: str, what: str, mode: int) -> NotAnObjectError:
         return NotAnObjectError(f"object {name} in {self.location}: {what} is {_kind(mode)} "
                                 "where the repository has only plain files and folders; "
                                 "refused, not followed or read")
 
-    def _open_parent(self, name: str) -> tuple[int, str]:
+    def _open_parent(self, name: str, create: bool = False) -> tuple[int, str]:
         """A descriptor of the directory holding `name`, reached without following any
-        symlink below the root, and the object's last name part. The caller closes it."""
+        symlink below the root, and the object's last name part. The caller closes it.
+        With `create`, missing folders are made (0700) on the way."""
         parts = name.split("/")
         self._path(name)  # validates the name
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for depth, part in enumerate(parts[:-1], start=1):
+                made = False
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, DIR_MODE, dir_fd=fd)
+                        made = True
                 try:
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -111,6 +122,8 @@ class LocalStore(Store):
                     raise self._not_an_object(name, "/".join(parts[:depth]), mode) from None
                 os.close(fd)
                 fd = child
+                if made:
+                    os.fchmod(fd, DIR_MODE)  # the umask may have taken bits off mkdir's mode
         except BaseException:
             os.close(fd)
             raise
@@ -216,14 +229,3 @@ class LocalStore(Store):
             pass
         except OSError as exc:
             raise _os_error("delete", name, exc) from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
