@@ -425,6 +425,11 @@ def restore(
     fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
     source: str | None = typer.Option(None, "--source", "-s", help="With 'latest': the "
                                       "latest snapshot of this source."),
+    csv_raw: bool = typer.Option(False, "--csv-raw", help="With --format csv: write every "
+                                 "cell exactly as stored. By default a cell starting with = + "
+                                 "- @ TAB or CR (and not a plain number) gets a leading ' so a "
+                                 "spreadsheet shows it as text instead of running it as a "
+                                 "formula. JSONL is always exact."),
 ) -> None:
     """Restore a snapshot's datasets into TARGET, verified against the manifest."""
     from sellerbak.progress import make_progress
@@ -433,6 +438,8 @@ def restore(
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    if csv_raw and fmt != "csv":
+        raise UsageError("--csv-raw applies only to --format csv")
     repo = _open_repo()
     manifests = None
     if snapshot_ref == "latest":  # the newest must not have vanished: see repository/seen.py
@@ -444,7 +451,7 @@ def restore(
         advance = progress.bar(f"restoring {manifest.short_id}",
                                sum(d.records for d in wanted))
         restored = restore_snapshot(repo, manifest, target, list(dataset or []), fmt,
-                                    on_records=advance)
+                                    on_records=advance, csv_raw=csv_raw)
     if settings.json:
         emit_json({"snapshot": manifest.id.hex(), "target": str(target.resolve()),
                    "datasets": [{"name": r.name, "path": str(r.path.resolve()),

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from sellerbak.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StorageError
-from sellerbak.storage.base import ObjectInfo, Store
+from sellerbak.storage.base import ObjectInfo, ObjectTooLargeError, Store
 from sellerbak.storage.local import LocalStore
 from sellerbak.storage.open import open_store
 from sellerbak.storage.s3 import MULTIPART_THRESHOLD, S3Store
@@ -104,6 +104,18 @@ def test_missing_objects(store: Store) -> None:
         store.get_range("keys/absent", -8, 8)
     assert not store.exists("keys/absent")
     assert list(store.list("nothing/")) == []
+
+
+def test_get_with_a_size_limit(store: Store) -> None:
+    data = os.urandom(1000)
+    store.put("keys/k1", data)
+    assert store.get("keys/k1", 1000) == data
+    assert store.get("keys/k1", 5000) == data
+    with pytest.raises(ObjectTooLargeError, match="keys/k1") as err:
+        store.get("keys/k1", 999)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ObjectNotFoundError):
+        store.get("keys/absent", 10)
 
 
 def test_get_range(store: Store) -> None:

@@ -158,7 +158,7 @@ def _read_all(repo: Repository, index: Index, packs: list[PackRecord], report: C
             if sorted(header.blobs, key=lambda b: b.offset) != sorted(pack.blobs,
                                                                       key=lambda b: b.offset):
                 return f"{name}: header does not match the index"
-            data = repo.store.get(name)
+            data = repo.store.get(name, pack.size)
             if len(data) != pack.size:
                 return f"{name}: pack is truncated"
             groups: dict[int, bytes] = {}

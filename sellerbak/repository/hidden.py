@@ -49,7 +49,7 @@ from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import Manifest
 from sellerbak.repository.packs import ChunkReader
 from sellerbak.repository.repo import PassphraseProvider, Repository, parse_hex_id
-from sellerbak.storage.base import HiddenObject, ObjectInfo, ObjectVersion, Store
+from sellerbak.storage.base import HiddenObject, ObjectInfo, ObjectVersion, Store, check_size
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +267,11 @@ class _RevealedStore(Store):
     def put(self, name: str, data: bytes) -> None:
         raise IntegrityError(f"cannot write {name} while opening a repository")
 
-    def get(self, name: str) -> bytes:
+    def get(self, name: str, limit: int | None = None) -> bytes:
         if name in self.revealed and not self.inner.exists(name):
+            check_size(name, len(self.revealed[name]), limit)
             return self.revealed[name]
-        return self.inner.get(name)
+        return self.inner.get(name, limit)
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         if name in self.revealed and not self.inner.exists(name):

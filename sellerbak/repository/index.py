@@ -40,7 +40,13 @@ from sellerbak.repository.format import (
     decompress,
     encode_index,
 )
-from sellerbak.repository.repo import Repository, index_name, pack_name, parse_hex_id
+from sellerbak.repository.repo import (
+    MAX_SEALED_BYTES,
+    Repository,
+    index_name,
+    pack_name,
+    parse_hex_id,
+)
 from sellerbak.repository.unreadable import Unreadable, warn_once
 
 ID_LEN = 32
@@ -370,7 +376,8 @@ def read_index_objects(repo: Repository, workers: int = 8
     def fetch(item: tuple[str, bytes]) -> IndexObject | Unreadable:
         name, iid = item
         try:
-            plain = decompress(repo.open_sealed(Kind.INDEX, iid, repo.store.get(name), name),
+            plain = decompress(repo.open_sealed(Kind.INDEX, iid,
+                                                repo.store.get(name, MAX_SEALED_BYTES), name),
                                name)
             supersedes, entries = _index_layout(plain, name)
         except IndexVersionError:

@@ -26,7 +26,7 @@ from typing import Any
 from sellerbak.crypto.envelope import Kind
 from sellerbak.durations import format_duration
 from sellerbak.errors import LockHeldError, ObjectNotFoundError, SellerbakError
-from sellerbak.repository.repo import Repository, lock_name, parse_hex_id
+from sellerbak.repository.repo import MAX_LOCK_BYTES, Repository, lock_name, parse_hex_id
 
 STALE_AFTER = timedelta(minutes=30)
 REFRESH_EVERY = timedelta(minutes=5)
@@ -74,7 +74,7 @@ def list_locks(repo: Repository) -> list[LockInfo]:
             continue
         try:
             obj: dict[str, Any] = json.loads(repo.open_sealed(
-                Kind.LOCK, lid, repo.store.get(info.name), info.name))
+                Kind.LOCK, lid, repo.store.get(info.name, MAX_LOCK_BYTES), info.name))
             when = datetime.fromisoformat(obj["time"])
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
@@ -184,7 +184,7 @@ class RepositoryLock:
         must still be in the store and say it is this process's lock of our kind."""
         name = lock_name(lid)
         try:
-            data = self.repo.store.get(name)
+            data = self.repo.store.get(name, MAX_LOCK_BYTES)
         except ObjectNotFoundError:
             return "its lock object was removed (by 'sellerbak unlock --remove-all'?)"
         try:

@@ -32,7 +32,7 @@ from sellerbak.errors import (
     SnapshotNotFoundError,
 )
 from sellerbak.repository.format import compress, decompress
-from sellerbak.repository.repo import Repository, parse_hex_id, snapshot_name
+from sellerbak.repository.repo import MAX_SEALED_BYTES, Repository, parse_hex_id, snapshot_name
 from sellerbak.repository.timeline import future_warning, split_future
 from sellerbak.repository.unreadable import Unreadable, warn_once
 
@@ -339,7 +339,7 @@ class ManifestParseError(FormatError):
 def read_manifest(repo: Repository, snapshot_id: bytes) -> Manifest:
     name = snapshot_name(snapshot_id)
     try:
-        data = repo.store.get(name)
+        data = repo.store.get(name, MAX_SEALED_BYTES)
     except ObjectNotFoundError:
         raise SnapshotNotFoundError(f"snapshot {snapshot_id.hex()[:8]} not found") from None
     sealed_plain = repo.open_sealed(Kind.MANIFEST, snapshot_id, data, name)

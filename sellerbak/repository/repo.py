@@ -39,6 +39,11 @@ DEFAULT_CHUNK_TARGET = 8 * 1024
 DEFAULT_CHUNK_MAX = 64 * 1024
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 MAX_CONFIG_BYTES = 64 * 1024
+#: the largest lock object read: a sealed JSON document of a few hundred bytes
+MAX_LOCK_BYTES = 64 * 1024
+#: the largest index or manifest object read: a sealed zstd frame of at most 1 GiB of plaintext
+#: (docs/FORMAT.md, Limits); zstd and the envelope add far less than the 16 MiB margin
+MAX_SEALED_BYTES = (1 << 30) + (16 << 20)
 
 PassphraseProvider = Callable[[], str]
 
@@ -121,7 +126,7 @@ class Repository:
     @staticmethod
     def read_config(store: Store) -> dict[str, Any]:
         try:
-            raw = store.get("config")
+            raw = store.get("config", MAX_CONFIG_BYTES)
         except ObjectNotFoundError:
             raise NoRepositoryError(
                 f"no repository at {store.location} (run 'sellerbak init' first)") from None

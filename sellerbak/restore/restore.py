@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sellerbak.errors import IntegrityError, SellerbakError, UsageError
-from sellerbak.localfiles import disk_error, private_dirs
+from sellerbak.localfiles import DIR_MODE, disk_error, private_dirs
 from sellerbak.records import parse_line
 from sellerbak.repository.check import pack_sizes
 from sellerbak.repository.datasets import iter_chunk_runs, iter_chunks
@@ -33,9 +33,11 @@ from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import DatasetEntry, Manifest
 from sellerbak.repository.packs import ChunkReader
 from sellerbak.repository.repo import Repository
+from sellerbak.restore.csvcells import neutralise
 
 FORMATS = ("jsonl", "csv")
 _WRITE_BATCH = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass
@@ -57,7 +59,10 @@ def dataset_path(target: Path, dataset: str, fmt: str) -> Path:
 def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
                      datasets: list[str] | None = None, fmt: str = "jsonl",
                      index: Index | None = None,
-                     on_records: Callable[[int], None] | None = None) -> list[RestoredDataset]:
+                     on_records: Callable[[int], None] | None = None,
+                     csv_raw: bool = False) -> list[RestoredDataset]:
+    """Restore `datasets` (default: all) of `manifest` into `target`. With fmt "csv", cells a
+    spreadsheet would run as a formula are neutralised (see csvcells) unless `csv_raw`."""
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
     names = sorted(manifest.datasets)
@@ -81,15 +86,20 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
         raise disk_error(str(target), exc) from None
     try:
         staged = [restore_dataset(reader, manifest.datasets[name],
-                                  dataset_path(staging, name, fmt), fmt, on_records)
+                                  dataset_path(staging, name, fmt), fmt, on_records,
+                                  csv_raw)
                   for name in names]
         out = []
-        for done in staged:
-            final = dataset_path(target, done.name, fmt)
-            _mkdirs(final.parent)
-            os.replace(done.path, final)
-            out.append(RestoredDataset(done.name, final, done.records, done.bytes,
-                                       done.sha256))
+        with _TargetDirs(target) as folders:
+            # every folder is reached (and checked) before the first dataset moves
+            places = [(done, folders.open(dataset_path(target, done.name, fmt)))
+                      for done in staged]
+            for done, (folder_fd, leaf) in places:
+                # rename(2) replaces a symlink at the final name, never what it points to
+                os.replace(done.path, leaf, dst_dir_fd=folder_fd)
+                final = dataset_path(target, done.name, fmt)
+                out.append(RestoredDataset(done.name, final, done.records, done.bytes,
+                                           done.sha256))
         return out
     except OSError as exc:  # moving into place: a full disk (a directory) or permissions
         raise disk_error(str(target), exc) from None
@@ -97,8 +107,58 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
         shutil.rmtree(staging, ignore_errors=True)
 
 
+class _TargetDirs:
+    """The folders inside the target that datasets go to (`finance/` ...), each reached from
+    the target through descriptors opened with O_NOFOLLOW, and created 0700 if missing. A
+    symlink planted where such a folder should be (`TARGET/finance -> /elsewhere`) is refused,
+    naming it, so no file outside the target is ever created or replaced. The target itself is
+    the user's choice and may be a symlink."""
+
+    def __init__(self, target: Path) -> None:
+        self._target = target
+        self._fds: dict[tuple[str, ...], int] = {}
+
+    def __enter__(self) -> _TargetDirs:
+        self._fds[()] = os.open(self._target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def open(self, final: Path) -> tuple[int, str]:
+        """(descriptor of the folder `final` goes into, its file name)."""
+        parts = final.relative_to(self._target).parts
+        for depth in range(1, len(parts)):
+            key = parts[:depth]
+            if key in self._fds:
+                continue
+            parent, name = self._fds[key[:-1]], key[-1]
+            created = False
+            try:
+                os.mkdir(name, DIR_MODE, dir_fd=parent)
+                created = True
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise SellerbakError(
+                    f"cannot restore into {self._target.joinpath(*key)}: it is not a folder "
+                    "(a symbolic link or a file); restore writes only inside the target, so "
+                    "remove it or choose another target") from None
+            if created:
+                os.fchmod(fd, DIR_MODE)  # the umask may have taken bits off mkdir's mode
+            self._fds[key] = fd
+        return self._fds[parts[:-1]], parts[-1]
+
+
 def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: str,
-                    on_records: Callable[[int], None] | None = None) -> RestoredDataset:
+                    on_records: Callable[[int], None] | None = None,
+                    csv_raw: bool = False) -> RestoredDataset:
     _mkdirs(path.parent)
     tmp = path.with_name(f".{path.name}.sellerbak-partial")
     hasher = hashlib.sha256()
@@ -126,7 +186,7 @@ def restore_dataset(reader: ChunkReader, entry: DatasetEntry, path: Path, fmt: s
             fh.flush()
             os.fsync(fh.fileno())
         if fmt == "csv":
-            _write_csv(reader, entry, tmp)
+            _write_csv(reader, entry, tmp, csv_raw)
         os.replace(tmp, path)
     except OSError as exc:
         _unlink(tmp)
@@ -183,9 +243,13 @@ class _BackgroundWriter:
             self._thread.join()
 
 
-def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path) -> None:
+def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path,
+               csv_raw: bool = False) -> None:
     """CSV: columns in the source's order if it had one, then any others sorted; nested values
-    as JSON. Two passes over the verified data (first for the column set) keep memory flat."""
+    as JSON. Two passes over the verified data (first for the column set) keep memory flat.
+    The data was verified as canonical JSONL before this runs, so neutralising cells (unless
+    `csv_raw`) changes what a spreadsheet shows, never what was verified."""
+    cell: Callable[[object], str] = _cell if csv_raw else lambda value: neutralise(_cell(value))
     columns: list[str] = entry.meta.get("columns") or []
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise IntegrityError(f"dataset {entry.name}: the snapshot's column list is malformed")
@@ -202,11 +266,11 @@ def _write_csv(reader: ChunkReader, entry: DatasetEntry, tmp: Path) -> None:
         fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.writer(fh)
         try:
-            writer.writerow(columns)
+            writer.writerow([cell(c) for c in columns])  # column names come from records too
             for _ref, plain in iter_chunks(reader, entry):
                 for line in plain.splitlines():
                     rec = parse_line(line, entry.name)
-                    writer.writerow([_cell(rec.get(c)) for c in columns])
+                    writer.writerow([cell(rec.get(c)) for c in columns])
             fh.flush()
         except UnicodeEncodeError:  # a lone surrogate: JSON can spell it, UTF-8 cannot
             raise IntegrityError(f"dataset {entry.name}: a stored record holds text that is "
@@ -224,7 +288,8 @@ def _cell(value: object) -> str:
 
 
 def _open_new(path: Path, truncate: bool = False):  # type: ignore[no-untyped-def]
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_EXCL)
+    # O_NOFOLLOW: a link planted at the temporary name is never written through
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if truncate else os.O_EXCL)
     if not truncate:
         _unlink(path)
     return os.fdopen(os.open(path, flags, 0o600), "wb")

@@ -14,7 +14,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sellerbak.errors import ObjectNotFoundError
+from sellerbak.errors import FormatError, ObjectNotFoundError, StorageError
+
+
+class ObjectTooLargeError(FormatError):
+    """An object is larger than any valid object of its kind can be. Raised before its bytes
+    are read (from the listed or announced size) and also if a server sends more than it
+    announced, so a planted huge object (or a key file linked to /dev/zero) costs no memory.
+    A FormatError, since no well-formed repository holds such an object: callers that skip a
+    damaged object (a bad key file) skip this one too."""
+
+
+class NotAnObjectError(StorageError):
+    """What lies under an object's name is not a plain object: on a local store a symbolic
+    link, FIFO, device, socket or directory (or a symlinked parent directory). It is refused
+    without being followed or opened for reading, so it can neither hang the run nor make it
+    read someone else's file."""
+
+
+def check_size(name: str, size: int, limit: int | None) -> None:
+    """Raise ObjectTooLargeError if `size` bytes exceed `limit` (None: no limit)."""
+    if limit is not None and size > limit:
+        raise ObjectTooLargeError(f"object {name} is larger than the {limit} bytes an object "
+                                  "of its kind may have; not read")
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,11 @@ class Store(ABC):
       object as it was (S3: conditional write `If-None-Match: *`; local: link of a temp file).
     - A `put` that fails part-way leaves either nothing under `name` or the whole object.
     - `get` of a missing name raises ObjectNotFoundError.
+    - `get(name, limit)` never reads (nor holds in memory) more than `limit` bytes: an object
+      that is larger, or claims to be, raises ObjectTooLargeError before its body is read.
+    - Only plain objects are read: anything else under a name (a symlink, FIFO, device or
+      directory on a local store) raises NotAnObjectError naming it, and `list` reports such
+      entries, without following them, so they fail loudly instead of hiding.
     - Transient failures are retried inside the backend; what escapes is a StorageError
       whose message is one line a person can act on (no secrets in it).
     """
@@ -67,8 +94,10 @@ class Store(ABC):
         """Write a new object; raise ObjectExistsError if it already exists."""
 
     @abstractmethod
-    def get(self, name: str) -> bytes:
-        """Read a whole object."""
+    def get(self, name: str, limit: int | None = None) -> bytes:
+        """Read a whole object of at most `limit` bytes. Every caller that knows how large a
+        valid object of its kind can be passes that bound, since the object's size is the one
+        thing a hostile store controls before anything is authenticated."""
 
     @abstractmethod
     def get_range(self, name: str, offset: int, length: int) -> bytes:

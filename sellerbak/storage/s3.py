@@ -75,7 +75,7 @@ from sellerbak.errors import (
     SellerbakError,
     StorageError,
 )
-from sellerbak.storage.base import ObjectInfo, Store
+from sellerbak.storage.base import ObjectInfo, Store, check_size
 from sellerbak.storage.object_lock import ObjectLock, ObjectLockSupport
 
 log = logging.getLogger(__name__)
@@ -356,13 +356,19 @@ class S3Store(ObjectLockSupport, Store):
         if multipart and state["failed_attempt"]:
             self._abort_leftovers(key, patient=True)
 
-    def get(self, name: str) -> bytes:
+    def get(self, name: str, limit: int | None = None) -> bytes:
         key = self._key(name)
 
         def attempt() -> bytes:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
             with resp["Body"] as body:
-                return body.read()
+                # refuse on the announced size before reading the body, and read at most one
+                # byte past the limit whatever the server sends (no or a false Content-Length)
+                if "ContentLength" in resp:
+                    check_size(name, int(resp["ContentLength"]), limit)
+                data = body.read() if limit is None else body.read(limit + 1)
+            check_size(name, len(data), limit)
+            return data
 
         return self._run("read", name, attempt)
 
@@ -383,11 +389,17 @@ class S3Store(ObjectLockSupport, Store):
                     return b""  # the object exists but is shorter than offset (or empty)
                 raise
             with resp["Body"] as body:
-                data = body.read()
-            if "ContentRange" not in resp:
-                # the server ignored Range and sent everything; cut it here
-                data = data[offset:] if offset >= 0 else data[len(data) + offset :]
-            return data[:length]
+                if "ContentRange" in resp:
+                    return body.read(length)  # never more than asked, even if more is sent
+                # the server ignored Range and sends everything: skip to the range, keep only it
+                start = offset
+                if offset < 0:
+                    if "ContentLength" not in resp:
+                        raise StorageError(f"cannot read the end of {name} in {self.location}: "
+                                           "the server ignored the range and sent no length")
+                    start = max(0, int(resp["ContentLength"]) + offset)
+                _skip(body, start)
+                return body.read(length)
 
         return self._run("read", name, attempt)
 
@@ -605,6 +617,15 @@ class S3Store(ObjectLockSupport, Store):
                 f"cannot reach S3 endpoint {self.endpoint}: {_connection_reason(exc)}{after}"
             )
         return StorageError(f"cannot {action} {name} in {self.location}: {_describe(exc)}")
+
+
+def _skip(body: Any, count: int, step: int = 1 << 20) -> None:
+    """Read and drop `count` bytes of a streaming body, a step at a time (flat memory)."""
+    while count > 0:
+        piece = body.read(min(step, count))
+        if not piece:
+            return
+        count -= len(piece)
 
 
 def _describe(exc: BaseException | None) -> str:
