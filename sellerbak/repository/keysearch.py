@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sellerbak.crypto.keyfile import MAX_KEYFILE_BYTES, KeyFile, is_key_id
 from sellerbak.crypto.keys import Keyring
 from sellerbak.errors import FormatError, ObjectNotFoundError, WrongPassphraseError
-from sellerbak.storage.base import Store
+from sellerbak.storage.base import NotAnObjectError, Store
 
 #: KDF runs one command may spend on key files (restic tries at most 20 key files; ours may
 #: each cost a few seconds at the bounds, so fewer)
@@ -141,6 +141,10 @@ class KeySearch:
                 raw = self.store.get_range(name, 0, MAX_KEYFILE_BYTES + 1)
             except ObjectNotFoundError:
                 return None
+            except NotAnObjectError as exc:  # a planted link, FIFO, ...: skipped, not followed
+                entry.reason = str(exc).rsplit(": ", 1)[-1]
+                self._entries[name] = entry
+                return entry
             try:
                 key_file = KeyFile.from_bytes(raw)
             except FormatError as exc:
