@@ -162,6 +162,8 @@ def _read_jsonl(file: Path, root: Path, dataset: str) -> Iterator[Line]:
                     raise SourceError(f"{_where(file, root, n)}: not UTF-8 text") from None
                 except ValueError:
                     raise SourceError(f"{_where(file, root, n)}: not valid JSON") from None
+                except SourceError as exc:  # no usable id, or a value JSON cannot hold
+                    raise SourceError(f"{_where(file, root, n)}: {exc}") from None
                 if encoded is None:
                     raise SourceError(f"{_where(file, root, n)}: not a JSON object")
                 yield encoded
