@@ -209,7 +209,7 @@ def require_sorted(lines: Iterable[Line], dataset: str) -> Iterator[Line]:
         if prev is not None and key <= prev:
             if key == prev:
                 raise SourceError(f"dataset {dataset}: record {position} has the same id as "
-                                  "the record before it (ids must be unique)")
+                                  "the record before it (duplicate ids are refused)")
             raise OutOfOrderError(f"dataset {dataset}: records are not sorted by id")
         prev = key
         yield key, line
@@ -277,8 +277,8 @@ def _check_unique(items: Iterator[Line], dataset: str) -> Iterator[Line]:
     prev: str | None = None
     for key, line in items:
         if key == prev:
-            raise SourceError(f"dataset {dataset}: two records have the same id (ids must be "
-                              "unique)")
+            raise SourceError(f"dataset {dataset}: two records have the same id (duplicate ids "
+                              "are refused)")
         prev = key
         yield key, line
 
