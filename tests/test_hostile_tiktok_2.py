@@ -117,6 +117,28 @@ def test_records_without_a_usable_id_are_counted_and_the_dataset_incomplete(
         assert pii not in text and json.dumps(pii)[1:-1] not in text
 
 
+def test_orders_without_a_usable_buyer_id_mark_customers_incomplete(tmp_path: Path) -> None:
+    """An order whose user_id cannot key a customer record: the order is stored, its buyer's
+    record cannot be; the old code left it out of customers silently."""
+    def rewrite(path: str, data: dict[str, Any]) -> None:
+        if path == "/order/202309/orders/search" and data.get("orders"):
+            good = data["orders"][0]
+            data["orders"] += [dict(good, id=f"9{n:017d}", user_id=bad)
+                               for n, bad in enumerate([EMAIL_ID, "", 5, None])]
+
+    with FakeTikTokShop(orders=30) as srv:
+        srv.rewrite = rewrite
+        result = _snapshot(tmp_path, srv)
+    problems = _incomplete(result)
+    assert set(problems) == {"customers"}, problems
+    assert "sent 4 orders without a usable buyer id" in problems["customers"]
+    assert EMAIL_ID not in problems["customers"]
+    assert result.manifest.datasets["orders"].records == 34
+
+
+EMAIL_ID = "jane.doe@example.com"
+
+
 def _config(tmp_path: Path, srv: FakeTikTokShop) -> Path:
     src = {"name": "my-shop", "type": "tiktok", "app_key": "29a39d",
            "app_secret": {"env": "TTS_APP_SECRET"}, "api_url": srv.url, "auth_url": srv.url,

@@ -400,6 +400,10 @@ class TikTokSource:
             try:
                 yield from book.records(self._fetch_orders)
                 cust.cursor = dict(export.cursor or {}, book=book.generation)
+                if book.unusable:
+                    _incomplete(cust, f"source {self.name}: TikTok Shop sent {book.unusable} "
+                                "orders without a usable buyer id (user_id) or create_time; "
+                                "their buyers' records were not updated")
             finally:
                 book.close()
 
