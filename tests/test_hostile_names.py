@@ -101,3 +101,23 @@ def test_any_source_is_held_to_the_rule(tmp_path: Path, names: list[str]) -> Non
         run.run(source, tags=[])
     assert "\n" not in str(caught.value)
     assert run.manifests == []
+
+
+def test_restore_uses_the_same_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot an older writer stored with colliding names: restore refuses the pair in
+    one line (no file written), and restores each on its own."""
+    from sellerbak.backup import snapshot
+    from sellerbak.errors import IntegrityError
+    from sellerbak.restore.restore import restore_snapshot
+
+    repo = init_repo(LocalStore(tmp_path / "repo"))
+    monkeypatch.setattr(snapshot, "_take_name", lambda *args: None)
+    source = ListSource("list", {"a": [{"id": "1"}], "a.jsonl/b": [{"id": "2"}]})
+    manifest = SnapshotRun(repo).run(source, tags=[]).manifest
+    with pytest.raises(IntegrityError, match="--dataset") as caught:
+        restore_snapshot(repo, manifest, tmp_path / "out")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    for name in ("a", "a.jsonl/b"):
+        (done,) = restore_snapshot(repo, manifest, tmp_path / name.replace("/", "_"), [name])
+        assert done.records == 1

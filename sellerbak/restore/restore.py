@@ -76,7 +76,8 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
     try:  # every name, and no two landing on one path (a file `a.jsonl` and a dir `a.jsonl`)
         check_names(names)
     except DatasetNameError as exc:
-        raise IntegrityError(f"snapshot {manifest.short_id}: {exc}") from None
+        raise IntegrityError(f"snapshot {manifest.short_id}: {exc} (restore such datasets "
+                             "one at a time, with --dataset, into different targets)") from None
     index = index or Index.load(repo)
     reader = ChunkReader(repo, index)
     # every pack is checked against its indexed size the first time it is read: a missing,
