@@ -75,15 +75,38 @@ def test_a_listing_without_total_count_stops_at_the_page_cap(
 
 def test_a_repeated_token_in_statement_transactions_stops_only_that_listing(
         tmp_path: Path) -> None:
-    """The old code stopped the whole source (nothing stored, exit 1)."""
-    settings = Settings(hostile_pages={"/finance/202501/statements/": "repeat"})
+    """One statement's transactions repeat a page token: that listing stops, the other
+    statements' transactions are read. The old code stopped the whole source (nothing
+    stored, exit 1)."""
+    from tests.tiktok_server import build_shop
+
+    victim = sorted(build_shop(1, 30, 0).statements)[5]
+    settings = Settings(hostile_pages={f"/finance/202501/statements/{victim}/": "repeat"})
     with FakeTikTokShop(orders=30, settings=settings) as srv:
         result = _snapshot(tmp_path, srv)
+        expected = sum(len(t) for sid, t in srv.shop.transactions.items() if sid != victim)
+        victims = len(srv.shop.transactions[victim])
     problems = _incomplete(result)
     assert set(problems) == {"finance/transactions"}, problems
     assert "repeated a page token while listing statement transactions" in \
         problems["finance/transactions"]
+    assert "more statements" not in problems["finance/transactions"]
     assert result.manifest.datasets["finance/statements"].complete
+    stored = result.manifest.datasets["finance/transactions"].records
+    assert expected <= stored <= expected + victims
+
+
+def test_listings_without_end_on_every_statement_stop_the_dataset_after_a_few(
+        tmp_path: Path) -> None:
+    settings = Settings(hostile_pages={"/finance/202501/statements/": "repeat"})
+    with FakeTikTokShop(orders=30, settings=settings) as srv:
+        result = _snapshot(tmp_path, srv)
+        calls = len(srv.calls("/finance/202501/statements/"))
+    problems = _incomplete(result)
+    assert set(problems) == {"finance/transactions"}, problems
+    assert "and on 2 more statements; the others were not read" in \
+        problems["finance/transactions"]
+    assert calls == 2 * 3
 
 
 PII = ["jane.doe@example.com", "../../x", "+1 555 0100 2233"]

@@ -76,6 +76,9 @@ FINANCE_EPOCH = 1_688_169_600
 HISTORY_START = 1_577_836_800
 FINANCE_WINDOW = 365 * 86_400
 MIN_WINDOW = 3600
+#: statements whose transactions listing stopped (paging.py) before the rest are not read: an
+#: API that pages without end for one statement likely does for all (each up to MAX_PAGES)
+MAX_STOPPED_LISTINGS = 3
 
 P_SEARCH = "/product/202502/products/search"
 P_PRODUCT = "/product/202309/products/{}"
@@ -513,8 +516,12 @@ class TikTokSource:
                                 if unusable_tx.keep(t) and t["id"] not in seen:
                                     seen.add(t["id"])
                                     yield dict(t, statement_id=sid)
-                    except ListingStopped as exc:  # this statement's listing only
+                    except ListingStopped as exc:  # this statement's listing only...
                         stopped.append(str(exc))
+                        if len(stopped) >= MAX_STOPPED_LISTINGS:  # ...unless it is all of them
+                            raise DatasetError(f"{exc} (and on {len(stopped) - 1} more "
+                                               "statements; the others were not read)"
+                                               ) from None
                 if stopped:
                     _incomplete(tx, stopped[0] + ("" if len(stopped) == 1 else
                                                   f" (and on {len(stopped) - 1} more "
