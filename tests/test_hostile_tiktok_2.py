@@ -57,6 +57,22 @@ def test_a_listing_without_end_stops_past_its_total_count(tmp_path: Path) -> Non
     assert result.manifest.datasets["orders"].records == 30
 
 
+def test_a_count_that_lies_on_every_window_does_not_split_the_history(tmp_path: Path) -> None:
+    """Every orders search claims a billion records, yet its pages end: the window is read as
+    it is. The old code halved 400 days of history down to hours, a request each."""
+    def rewrite(path: str, data: dict[str, Any]) -> None:
+        if path == "/order/202309/orders/search":
+            data["total_count"] = 10**9
+
+    with FakeTikTokShop(orders=30) as srv:
+        srv.rewrite = rewrite
+        result = _snapshot(tmp_path, srv)
+        searches = len(srv.calls("/order/202309/orders/search"))
+    assert not _incomplete(result)
+    assert result.manifest.datasets["orders"].records == 30
+    assert searches <= 4, searches
+
+
 def test_a_listing_without_total_count_stops_at_the_page_cap(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Statements (the API gives no total_count) always name a fresh token: the hard page

@@ -282,8 +282,12 @@ class TikTokSource:
             items, token, total = fetch(a, b, None)
             if not isinstance(total, int | float) or isinstance(total, bool):
                 total = None  # not a count: read the window as it is
+            # a window is halved only if its first page backs the count up (a next page): a
+            # count that lies on every window would otherwise halve a history of years down
+            # to hours, a request each
+            backed = bool(token)
             if not fixed and total is not None and total > self.opts.window_records \
-                    and b - a > MIN_WINDOW:
+                    and b - a > MIN_WINDOW and backed:
                 mid = a + (b - a) // 2
                 stack += [(mid, b), (a, mid)]
                 continue
