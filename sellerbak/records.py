@@ -53,16 +53,23 @@ def canonical_line(record: dict[str, Any]) -> bytes:
                       allow_nan=False).encode("utf-8") + b"\n"
 
 
-def record_key(record: Any, dataset: str) -> str:
+def _which(position: int | None) -> str:
+    """A record named by its position in the source's order (never by its id or values: error
+    lines reach logs, the journal and webhooks, and ids may be e-mail addresses)."""
+    return "a record" if position is None else f"record {position}"
+
+
+def record_key(record: Any, dataset: str, position: int | None = None) -> str:
     """The sort/merge key of a record: its `id` as a string. Raises SourceError if absent."""
     if not isinstance(record, dict):
-        raise SourceError(f"dataset {dataset}: a record is not a JSON object")
+        raise SourceError(f"dataset {dataset}: {_which(position)} is not a JSON object")
     rid = record.get("id")
     if isinstance(rid, str) and rid:
         return rid
     if isinstance(rid, int) and not isinstance(rid, bool):
         return str(rid)
-    raise SourceError(f"dataset {dataset}: a record has no usable 'id' (string or integer)")
+    raise SourceError(f"dataset {dataset}: {_which(position)} has no usable 'id' "
+                      "(string or integer)")
 
 
 #: an integer orjson would read as a float (below -2^63, or above 2^64 - 1), losing digits: a
@@ -132,19 +139,22 @@ def parse_line(line: bytes, dataset: str = "?") -> dict[str, Any]:
     return record
 
 
-def encode_record(record: dict[str, Any], dataset: str) -> Line:
-    """A source's record as the engine carries it: (its id, its canonical line)."""
+def encode_record(record: dict[str, Any], dataset: str, position: int | None = None) -> Line:
+    """A source's record as the engine carries it: (its id, its canonical line). The error
+    names the kind of failure, not its text, which may quote a value."""
     try:
         line = canonical_line(record)
     except (TypeError, ValueError) as exc:
-        raise SourceError(f"dataset {dataset}: a record is not valid JSON data ({exc})") \
-            from None
-    return record_key(record, dataset), line
+        why = "a value of a type JSON cannot hold" if isinstance(exc, TypeError) else \
+            "a value JSON cannot hold (not finite, not valid Unicode, or circular)"
+        raise SourceError(f"dataset {dataset}: {_which(position)} holds {why}") from None
+    return record_key(record, dataset, position), line
 
 
 def encode_records(records: Iterable[dict[str, Any]], dataset: str) -> Iterator[Line]:
-    for record in records:
-        yield encode_record(record, dataset)
+    """(id, canonical line) of each record; an error names the record by its position."""
+    for position, record in enumerate(records, 1):
+        yield encode_record(record, dataset, position)
 
 
 def _has_exponent(line: bytes) -> bool:
@@ -195,10 +205,11 @@ def require_sorted(lines: Iterable[Line], dataset: str) -> Iterator[Line]:
     """Pass already-sorted records straight through (no buffering); raise at the first record
     out of order or repeated."""
     prev: str | None = None
-    for key, line in lines:
+    for position, (key, line) in enumerate(lines, 1):
         if prev is not None and key <= prev:
             if key == prev:
-                raise SourceError(f"dataset {dataset}: duplicate record id {_safe_id(key)}")
+                raise SourceError(f"dataset {dataset}: record {position} has the same id as "
+                                  "the record before it (duplicate ids are refused)")
             raise OutOfOrderError(f"dataset {dataset}: records are not sorted by id")
         prev = key
         yield key, line
@@ -261,16 +272,15 @@ def _read_run(f: BinaryIO) -> Iterator[Line]:
 
 
 def _check_unique(items: Iterator[Line], dataset: str) -> Iterator[Line]:
+    """Sorted records, refusing a repeated id. The error gives no id and no position: the
+    records are in id order here, so a position would not find the record in the source."""
     prev: str | None = None
     for key, line in items:
         if key == prev:
-            raise SourceError(f"dataset {dataset}: duplicate record id {_safe_id(key)}")
+            raise SourceError(f"dataset {dataset}: two records have the same id (duplicate ids "
+                              "are refused)")
         prev = key
         yield key, line
-
-
-def _safe_id(key: str) -> str:
-    return repr(key[:40])
 
 
 def merge_changes(base: Iterator[Line], changes: Iterator[Line],

@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -156,6 +156,10 @@ class Settings:
     scopes: frozenset[str] = ALL_SCOPES
     #: a hostile auth host: every token call answers with this access token (None: a real one)
     hostile_access_token: str | None = None
+    #: hostile pagination: path prefix -> "fresh" (every answer names a new page token, and a
+    #: request with one gets the first page again: a listing without end) or "repeat" (every
+    #: answer names the same token)
+    hostile_pages: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,6 +190,9 @@ class FakeTikTokShop:
         self.content_type_violations: list[str] = []
         self.faults: list[str] = []
         self.on_request: Callable[[FakeTikTokShop, Logged], None] | None = None
+        #: changes a successful answer's data in place before it is sent: (path, data)
+        self.rewrite: Callable[[str, dict[str, Any]], None] | None = None
+        self._hostile_tokens = 0
         self._bucket: float | None = None
         self._bucket_at = time.monotonic()
         self.ciphers = {CIPHER: {"cipher": CIPHER, "code": "USLCGNVTEST", "id":
@@ -282,9 +289,26 @@ class FakeTikTokShop:
             entry.status, entry.code = f.http, f.code
             return f.http, {"code": f.code, "data": None, "message": f.message,
                             "request_id": _request_id(self.clock())}, f.headers
+        data = self._hostile(path, data)
         entry.status = 200
         return 200, {"code": 0, "data": data, "message": "Success",
                      "request_id": _request_id(self.clock())}, {}
+
+    def _hostile_mode(self, path: str) -> str | None:
+        return next((mode for prefix, mode in self.settings.hostile_pages.items()
+                     if path.startswith(prefix)), None)
+
+    def _hostile(self, path: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Settings.hostile_pages and `rewrite`, applied to a successful answer."""
+        mode = self._hostile_mode(path)
+        if mode is not None and "next_page_token" in data:
+            with self.lock:
+                self._hostile_tokens += 1
+                n = self._hostile_tokens
+            data["next_page_token"] = "hostile-same" if mode == "repeat" else f"hostile-{n}"
+        if self.rewrite is not None:
+            self.rewrite(path, data)
+        return data
 
     def _fault(self, fault: str) -> None:
         if fault == "429":
@@ -394,6 +418,8 @@ class FakeTikTokShop:
                 raise _bad("Invalid body. The request body must be a JSON object.")
         with self.lock:
             shop = self.shop
+        if self._hostile_mode(path) and q.get("page_token", "").startswith("hostile-"):
+            q = {k: v for k, v in q.items() if k != "page_token"}  # the first page again
         return handler(shop, q, payload, arg)
 
     def _route(self, method: str, path: str) -> tuple[Callable, str, bool, str] | None:

@@ -36,6 +36,7 @@ from sellerbak.records import (
     parse_line,
     record_key,
 )
+from sellerbak.repository.dataset_names import DatasetNameError, DatasetNames, shown
 from sellerbak.repository.datasets import iter_chunks
 from sellerbak.repository.format import TYPE_CHUNK, TYPE_DICT, TYPE_REFLIST
 from sellerbak.repository.index import Index
@@ -198,6 +199,16 @@ class _DatasetBuilder:
                             export.complete, export.problem, dict(export.meta))
 
 
+def _take_name(names: DatasetNames, source: str, name: str) -> None:
+    """Refuse a dataset name restore would refuse (repository/dataset_names.py): stored, it
+    would make a snapshot that never restores."""
+    try:
+        names.add(name)
+    except DatasetNameError as exc:
+        raise SourceError(f"source {source}: dataset {shown(name)} cannot be stored: {exc}") \
+            from None
+
+
 def _chunk_lines(plain: bytes, dataset: str) -> Iterator[Line]:
     for line in plain.splitlines(keepends=True):
         yield record_key(parse_line(line, dataset), dataset), line
@@ -252,6 +263,7 @@ class SnapshotRun:
                        if d.complete and d.cursor is not None}
         writer = PackWriter(self.repo, self.index, on_upload=self.progress.uploaded)
         datasets: dict[str, DatasetEntry] = {}
+        names = DatasetNames()
         chunking = ChunkerParams(self.repo.chunker_key, self.repo.chunk_target,
                                  self.repo.chunk_max, self.repo.id_key)
         stream = ExportStream(source, cursors, full, chunking, self.tmpdir)
@@ -259,6 +271,7 @@ class SnapshotRun:
             for export in stream.datasets():
                 if export.name in datasets:
                     raise SourceError(f"source {source.name} gave dataset {export.name} twice")
+                _take_name(names, source.name, export.name)
                 before = prev.datasets.get(export.name) if prev is not None else None
                 self.progress.dataset(source.name, export.name,
                                       before.records if before is not None else None)

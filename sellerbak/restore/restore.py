@@ -28,6 +28,12 @@ from sellerbak.errors import IntegrityError, SellerbakError, UsageError
 from sellerbak.localfiles import DIR_MODE, disk_error, private_dirs
 from sellerbak.records import parse_line
 from sellerbak.repository.check import pack_sizes
+from sellerbak.repository.dataset_names import (
+    DatasetNameError,
+    check_names,
+    name_problem,
+    shown,
+)
 from sellerbak.repository.datasets import iter_chunk_runs, iter_chunks
 from sellerbak.repository.index import Index
 from sellerbak.repository.manifest import DatasetEntry, Manifest
@@ -50,9 +56,9 @@ class RestoredDataset:
 
 
 def dataset_path(target: Path, dataset: str, fmt: str) -> Path:
+    if name_problem(dataset) is not None:  # the snapshot writer's own rule
+        raise IntegrityError(f"snapshot names an unsafe dataset path {shown(dataset)}")
     parts = dataset.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise IntegrityError(f"snapshot names an unsafe dataset path {dataset!r}")
     return target.joinpath(*parts[:-1], f"{parts[-1]}.{fmt}")
 
 
@@ -72,6 +78,11 @@ def restore_snapshot(repo: Repository, manifest: Manifest, target: Path,
             raise UsageError(f"snapshot {manifest.short_id} has no dataset {unknown[0]!r} "
                              f"(it has: {', '.join(names)})")
         names = [n for n in names if n in datasets]
+    try:  # every name, and no two landing on one path (a file `a.jsonl` and a dir `a.jsonl`)
+        check_names(names)
+    except DatasetNameError as exc:
+        raise IntegrityError(f"snapshot {manifest.short_id}: {exc} (restore such datasets "
+                             "one at a time, with --dataset, into different targets)") from None
     index = index or Index.load(repo)
     reader = ChunkReader(repo, index)
     # every pack is checked against its indexed size the first time it is read: a missing,

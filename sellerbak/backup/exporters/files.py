@@ -24,6 +24,7 @@ from sellerbak.backup.exporters import sellercenter
 from sellerbak.backup.exporters.base import DatasetExport, Record
 from sellerbak.errors import SourceError
 from sellerbak.records import Line, encode_text
+from sellerbak.repository.dataset_names import DatasetNameError, DatasetNames, shown
 
 SUFFIXES = (".jsonl", ".csv")
 MAX_LINE = 64 * 1024 * 1024
@@ -42,6 +43,7 @@ class FilesSource:
         if not self.path.is_dir():
             raise SourceError(f"source {self.name}: {self.path} is not a directory")
         found: dict[str, Path] = {}
+        taken = DatasetNames()
         self.seller_center: dict[str, list[Path]] = {}
         for file in sorted(self.path.rglob("*")):
             if file.suffix.lower() in SELLER_CENTER_SUFFIXES and file.is_file():
@@ -56,12 +58,24 @@ class FilesSource:
             if name in found:
                 raise SourceError(f"source {self.name}: {found[name].name} and {file.name} "
                                   f"would both be dataset {name}")
+            self._take(taken, name, file)
             found[name] = file
         for name, files in self.seller_center.items():
             if name in found:
                 raise SourceError(f"source {self.name}: {found[name].name} and the Seller "
                                   f"Center export {files[0].name} would both be dataset {name}")
+            self._take(taken, name, files[0])
         return found
+
+    def _take(self, taken: DatasetNames, name: str, file: Path) -> None:
+        """Refuse, naming the file, a dataset name restore could not write (see
+        repository/dataset_names.py): stored, it would make a snapshot that never restores."""
+        try:
+            taken.add(name)
+        except DatasetNameError as exc:
+            where = shown(str(file.relative_to(self.path)))
+            raise SourceError(f"source {self.name}: {where} cannot be stored as dataset "
+                              f"{shown(name)}: {exc}; rename the file") from None
 
     def export(self, cursors: dict[str, Any], full: bool) -> Iterator[DatasetExport]:
         for name, file in self.datasets().items():
@@ -148,6 +162,8 @@ def _read_jsonl(file: Path, root: Path, dataset: str) -> Iterator[Line]:
                     raise SourceError(f"{_where(file, root, n)}: not UTF-8 text") from None
                 except ValueError:
                     raise SourceError(f"{_where(file, root, n)}: not valid JSON") from None
+                except SourceError as exc:  # no usable id, or a value JSON cannot hold
+                    raise SourceError(f"{_where(file, root, n)}: {exc}") from None
                 if encoded is None:
                     raise SourceError(f"{_where(file, root, n)}: not a JSON object")
                 yield encoded

@@ -29,10 +29,12 @@ import csv
 import datetime as dt
 import itertools
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sellerbak.backup.exporters.base import DatasetExport, Record
+from sellerbak.backup.exporters.xlsxlimits import open_checked
 from sellerbak.errors import SourceError
 
 ORDERS = "orders"
@@ -86,15 +88,23 @@ def _csv_rows(file: Path) -> Iterator[list[str]]:
         yield from csv.reader(bounded_lines(fh, file.name))
 
 
-def _workbook(file: Path) -> Any:
+@contextmanager
+def _workbook(file: Path) -> Iterator[Any]:
+    """The workbook, read-only, once its zip archive passed the bounds of xlsxlimits.py (a
+    small file can inflate to gigabytes); parsed from the very file that was checked."""
     import openpyxl
 
-    try:
-        return openpyxl.load_workbook(file, read_only=True, data_only=True)
-    except OSError as exc:
-        raise SourceError(f"cannot read {file}: {exc.strerror}") from None
-    except Exception:  # noqa: BLE001 - zipfile/XML errors of a damaged or foreign file
-        raise SourceError(f"{file.name}: not a readable Excel (.xlsx) file") from None
+    with open_checked(file) as fh:
+        try:
+            wb = openpyxl.load_workbook(fh, read_only=True, data_only=True)
+        except OSError as exc:
+            raise SourceError(f"cannot read {file}: {exc.strerror}") from None
+        except Exception:  # noqa: BLE001 - zipfile/XML errors of a damaged or foreign file
+            raise SourceError(f"{file.name}: not a readable Excel (.xlsx) file") from None
+        try:
+            yield wb
+        finally:
+            wb.close()
 
 
 def _sheet_rows(sheet: Any, file: Path) -> Iterator[list[str]]:
@@ -138,8 +148,7 @@ def detect(file: Path) -> str | None:
         return ORDERS if found and "order status" in {_norm(c) for c in found[0]} else None
     if suffix != ".xlsx":
         return None
-    wb = _workbook(file)
-    try:
+    with _workbook(file) as wb:
         names = {_norm(n): n for n in wb.sheetnames}
         if FINANCE_SHEET in names and _header(_sheet_rows(wb[names[FINANCE_SHEET]], file),
                                               FINANCE_IDS):
@@ -149,8 +158,6 @@ def detect(file: Path) -> str | None:
             if found and "order status" in {_norm(c) for c in found[0]}:
                 return ORDERS
         return None
-    finally:
-        wb.close()
 
 
 def _table(file: Path, wanted: set[str], sheet_name: str | None = None
@@ -159,8 +166,7 @@ def _table(file: Path, wanted: set[str], sheet_name: str | None = None
     if file.suffix.lower() == ".csv":
         yield from _rows_after_header(file, _csv_rows(file), wanted)
         return
-    wb = _workbook(file)
-    try:
+    with _workbook(file) as wb:
         sheets = [wb[n] for n in wb.sheetnames if _norm(n) == sheet_name] if sheet_name \
             else wb.worksheets
         for sheet in sheets:
@@ -170,8 +176,6 @@ def _table(file: Path, wanted: set[str], sheet_name: str | None = None
                 continue
             yield from _rows_after_header(file, rows, wanted)
             return
-    finally:
-        wb.close()
 
 
 def _rows_after_header(file: Path, rows: Iterator[list[str]], wanted: set[str]

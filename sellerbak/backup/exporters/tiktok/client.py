@@ -39,7 +39,9 @@ from sellerbak.backup.exporters.tiktok.errors import (
     ExpiredTokenError,
     TransientError,
     classify,
+    shown_path,
 )
+from sellerbak.backup.exporters.tiktok.paging import PageBound
 from sellerbak.backup.exporters.tiktok.signing import encode_query, sign
 from sellerbak.backup.exporters.tiktok.tokens import (
     TokenManager,
@@ -174,11 +176,12 @@ class TikTokClient:
                            "request header: authorize again: 'sellerbak auth "
                            f"{self.source} --code AUTH_CODE'")
         self._last_token = token
+        shown = shown_path(path)  # for error lines: no record id
         pairs = [("app_key", self.app_key),
                  ("timestamp", str(int(self.clock() + self.clock_offset)))]
         if path.strip("/").split("/", 1)[0] in SHOP_SCOPED:
             if not self.shop_cipher:
-                raise ApiError(f"source {self.source}: no shop_cipher for {path}")
+                raise ApiError(f"source {self.source}: no shop_cipher for {shown}")
             pairs.append(("shop_cipher", self.shop_cipher))
         for key, value in params.items():
             if value is None or value == "":
@@ -206,10 +209,10 @@ class TikTokClient:
         except requests.RequestException as exc:
             # never str(exc): it quotes the URL
             raise TransientError(f"source {self.source}: TikTok Shop could not be reached for "
-                                 f"{path} ({type(exc).__name__}); the next run tries again"
+                                 f"{shown} ({type(exc).__name__}); the next run tries again"
                                  ) from None
         except BodyTooLarge as exc:
-            raise TransientError(f"source {self.source}: TikTok Shop's answer to {path} went "
+            raise TransientError(f"source {self.source}: TikTok Shop's answer to {shown} went "
                                  f"on past {exc.mib} MiB and was not read; the "
                                  "next run tries again") from None
         try:
@@ -218,7 +221,7 @@ class TikTokClient:
             envelope = None
         if not isinstance(envelope, dict) or not isinstance(envelope.get("code"), int):
             if resp.status_code == 200:
-                raise TransientError(f"source {self.source}: TikTok Shop answered {path} with "
+                raise TransientError(f"source {self.source}: TikTok Shop answered {shown} with "
                                      "something that is not an API response; the next run "
                                      "tries again", None, 200)
             raise self._error(resp, path, None, "")
@@ -245,24 +248,24 @@ class TikTokClient:
 
     # ------------------------------------------------------------------ pagination
     def pages(self, method: str, path: str, params: dict[str, Any] | None = None,
-              body: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """Every page of a list call (page_token in the query; filters kept identical)."""
+              body: dict[str, Any] | None = None, what: str = "records"
+              ) -> Iterator[dict[str, Any]]:
+        """Every page of a list call (page_token in the query; filters kept identical), the
+        pages bounded as paging.py says: past the bounds, ListingStopped (a DatasetError)."""
         params = dict(params or {})
-        seen: set[str] = set()
+        size = params.get("page_size")
+        bound: PageBound | None = None
         token: str | None = None
         while True:
             data = self.call(method, path, dict(params, page_token=token), body)
             yield data
-            token = data.get("next_page_token") or None
+            items = next((v for v in data.values() if isinstance(v, list)), [])
+            if bound is None:
+                bound = PageBound(self.source, what, size if isinstance(size, int) else 100,
+                                  data.get("total_count"))
+            token = bound.follow(data.get("next_page_token") or None, len(items))
             if token is None:
                 return
-            if not isinstance(token, str):
-                raise ApiError(f"source {self.source}: TikTok Shop sent a page token that is "
-                               f"not text on {path}; upgrade sellerbak")
-            if token in seen:
-                raise ApiError(f"source {self.source}: TikTok Shop repeated a page token on "
-                               f"{path}; the next run tries again")
-            seen.add(token)
 
 
 def _text(value: Any) -> str:

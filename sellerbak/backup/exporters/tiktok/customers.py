@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from sellerbak.backup.exporters.base import Record
+from sellerbak.backup.exporters.tiktok.paging import usable_id
 from sellerbak.localfiles import private_dirs
 
 CONTACT_FIELDS = ("buyer_email", "buyer_nickname", "cpf", "cpf_name", "recipient_address")
@@ -74,6 +75,8 @@ class CustomerBook:
         #: (order id, field) -> value, for the newest seen order per buyer and field
         self.values: dict[tuple[str, str], Any] = {}
         self._best: dict[tuple[str, str], tuple[tuple[int, int, str], str]] = {}
+        #: orders fed without a usable buyer id (user_id) or create_time
+        self.unusable = 0
 
     def _file(self, generation: str) -> Path:
         return self.dir / f"customers-{generation}.sqlite"
@@ -94,7 +97,8 @@ class CustomerBook:
     def feed(self, order: Record) -> None:
         uid, oid = order.get("user_id"), order.get("id")
         ct = order.get("create_time")
-        if not isinstance(uid, str) or not uid or not isinstance(ct, int):
+        if not usable_id(uid) or not isinstance(ct, int) or isinstance(ct, bool):
+            self.unusable += 1  # its buyer's record cannot be kept right: counted, reported
             return
         oid = str(oid)
         mask = sum(1 << i for i, f in enumerate(CONTACT_FIELDS) if _has(order, f))

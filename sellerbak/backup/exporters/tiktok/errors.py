@@ -9,6 +9,8 @@ message is quoted only for unknown codes, shortened).
 
 from __future__ import annotations
 
+import re
+
 from sellerbak.errors import SourceError
 
 #: the scope (Partner Center "package") each API category needs
@@ -53,16 +55,32 @@ class ClockSkewError(ApiError):
     """36009004 'Invalid timestamp': resynchronise with the server's Date header, retry once."""
 
 
+#: what in a gateway message may be a record's id or a buyer's contact: runs of 6 or more
+#: digits (order, product, statement ids; phone numbers) and words holding "@" (e-mail)
+_RECORD_CONTENT = re.compile(r"\S*@\S*|\d{6,}")
+
+
 def short(message: str, limit: int = 160) -> str:
-    """The gateway's message on one line, without its 'For more details' link."""
+    """The gateway's message on one line, without its 'For more details' link, and with what
+    may be record content (ids, e-mail addresses) replaced by "<...>": the line reaches logs,
+    the journal and webhooks."""
     text = " ".join(str(message).split())
     text = text.split(" For more details", 1)[0]
+    text = _RECORD_CONTENT.sub("<...>", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_path(path: str) -> str:
+    """An API path for an error line, a record's id in it (a product's, a statement's) shown
+    as "{id}": /product/202309/products/{id}. Words and 6-digit versions are kept."""
+    return "/".join(p if not p or re.fullmatch(r"[a-z_]+|\d{6}", p) else "{id}"
+                    for p in path.split("/"))
 
 
 def classify(source: str, path: str, http: int, code: int | None, message: str,
              retry_after: float | None = None) -> ApiError:
     """The error for a failed response; `code` is None when the body was not the envelope."""
+    path = shown_path(path)
     category = path.strip("/").split("/", 1)[0]
     what = f"{category} data" if category else "the API"
     msg = message or ""

@@ -53,6 +53,12 @@ from sellerbak.backup.exporters.base import DatasetExport, Record
 from sellerbak.backup.exporters.tiktok.client import ClientStats, RetryPolicy, TikTokClient
 from sellerbak.backup.exporters.tiktok.customers import CustomerBook
 from sellerbak.backup.exporters.tiktok.errors import ApiError, DatasetError
+from sellerbak.backup.exporters.tiktok.paging import (
+    ListingStopped,
+    PageBound,
+    Unusable,
+    usable_id,
+)
 from sellerbak.backup.exporters.tiktok.tokens import AuthClient, TokenManager, TokenStore
 from sellerbak.credentials import SecretRef
 from sellerbak.errors import SourceError
@@ -70,6 +76,9 @@ FINANCE_EPOCH = 1_688_169_600
 HISTORY_START = 1_577_836_800
 FINANCE_WINDOW = 365 * 86_400
 MIN_WINDOW = 3600
+#: statements whose transactions listing stopped (paging.py) before the rest are not read: an
+#: API that pages without end for one statement likely does for all (each up to MAX_PAGES)
+MAX_STOPPED_LISTINGS = 3
 
 P_SEARCH = "/product/202502/products/search"
 P_PRODUCT = "/product/202309/products/{}"
@@ -239,23 +248,29 @@ class TikTokSource:
         return {"v": CURSOR_VERSION, "shop": shop, "hi": now,
                 **{k: v for k, v in extra.items() if v is not None}}
 
-    def _guard(self, export: DatasetExport, records: Iterable[Record]) -> Iterator[Record]:
+    def _guard(self, export: DatasetExport, records: Iterable[Record],
+               unusable: Unusable | None = None) -> Iterator[Record]:
         """Stream records; a dataset-level error ends the dataset incomplete, with its one-line
-        reason (the other datasets go on)."""
+        reason (the other datasets go on), and so do records left out for want of an id."""
         try:
             yield from records
         except DatasetError as exc:
-            export.complete = False
-            export.problem = str(exc)
+            _incomplete(export, str(exc))
             log.info("%s", exc)
+        problem = unusable.problem(self.name) if unusable is not None else None
+        if problem is not None:
+            _incomplete(export, problem)
+            log.info("%s", problem)
 
     # ------------------------------------------------------------------ windows
     def _windowed(self, lo: int, hi: int, fetch: Callable[[int, int, str | None],
-                  tuple[list[Record], str | None, int | None]],
-                  fixed: int | None = None) -> Iterator[Record]:
+                  tuple[list[Any], Any, Any]], what: str, page_size: int,
+                  fixed: int | None = None) -> Iterator[Any]:
         """Records with time in [lo, hi), window by window, oldest first. `fetch(a, b, token)`
         returns (records, next token, total_count or None). Without `fixed`, a window whose
-        total_count exceeds `window_records` is halved (the first page is dropped)."""
+        total_count exceeds `window_records` is halved (the first page is dropped). Each
+        window's pages are bounded (paging.py): past the bounds, ListingStopped ends the
+        dataset incomplete. Items may be anything the API sent: the caller checks them."""
         if fixed:
             stack = [(a, min(a + fixed, hi)) for a in range(lo, hi, fixed)][::-1]
         else:
@@ -267,22 +282,19 @@ class TikTokSource:
             items, token, total = fetch(a, b, None)
             if not isinstance(total, int | float) or isinstance(total, bool):
                 total = None  # not a count: read the window as it is
+            # a window is halved only if its first page backs the count up (a next page): a
+            # count that lies on every window would otherwise halve a history of years down
+            # to hours, a request each
+            backed = bool(token)
             if not fixed and total is not None and total > self.opts.window_records \
-                    and b - a > MIN_WINDOW:
+                    and b - a > MIN_WINDOW and backed:
                 mid = a + (b - a) // 2
                 stack += [(mid, b), (a, mid)]
                 continue
             yield from items
-            seen: set[str] = set()
-            while token:
-                if not isinstance(token, str):
-                    raise DatasetError(f"source {self.name}: TikTok Shop sent a page token that "
-                                       "is not text; upgrade sellerbak")
-                if token in seen:
-                    raise DatasetError(f"source {self.name}: TikTok Shop repeated a page token; "
-                                       "the next run tries again")
-                seen.add(token)
-                items, token, _total = fetch(a, b, token)
+            bound = PageBound(self.name, what, page_size, total)
+            while (follow := bound.follow(token, len(items))) is not None:
+                items, token, _total = fetch(a, b, follow)
                 yield from items
 
     # ------------------------------------------------------------------ products
@@ -299,28 +311,27 @@ class TikTokSource:
                 data = client.call("POST", P_SEARCH, {"page_size": 100, "page_token": token},
                                    {"status": status, "update_time_ge": a,
                                     "update_time_le": b - 1})
-                return (_list(data, "products"), data.get("next_page_token") or None,
+                return (_items(data, "products"), data.get("next_page_token") or None,
                         data.get("total_count"))
             return fetch
 
         def records() -> Iterator[Record]:
             for status in ("ALL", "DELETED"):
-                for summary in self._windowed(lo, now, search(status)):
-                    if not scan.first_time(summary):
+                for summary in self._windowed(lo, now, search(status), "products", 100):
+                    if not unusable.keep(summary) or not scan.first_time(summary):
                         continue
-                    pid = str(summary.get("id"))
-                    if not pid.isalnum():
-                        continue
-                    detail = client.call("GET", P_PRODUCT.format(pid))
-                    if detail:
+                    detail = client.call("GET", P_PRODUCT.format(summary["id"]))
+                    if detail and unusable.keep(detail):
                         yield detail
             end = int(self.clock()) + 60
             for status in ("ALL", "DELETED"):
-                for summary in self._windowed(now, end, search(status)):
-                    scan.catch_up(summary)
+                for summary in self._windowed(now, end, search(status), "products", 100):
+                    if isinstance(summary, dict):
+                        scan.catch_up(summary)
             export.cursor = self._cursor(shop, now, rescan=scan.rescan_from)
 
-        export.records = self._guard(export, records())
+        unusable = Unusable("products")
+        export.records = self._guard(export, records(), unusable)
         return export
 
     # ------------------------------------------------------------------ orders, customers
@@ -330,12 +341,12 @@ class TikTokSource:
                                 {"page_size": self.opts.page_size, "page_token": token,
                                  "sort_field": "update_time", "sort_order": "ASC"},
                                 {"update_time_ge": a, "update_time_lt": b})
-        return _list(data, "orders"), data.get("next_page_token") or None, \
+        return _items(data, "orders"), data.get("next_page_token") or None, \
             data.get("total_count")
 
     def _fetch_orders(self, ids: list[str]) -> Iterator[Record]:
         data = self.client.call("GET", P_ORDER_DETAIL, {"ids": ",".join(ids)})
-        yield from _list(data, "orders")
+        yield from (o for o in _list(data, "orders") if usable_id(o.get("id")))
 
     def _orders_and_customers(self, shop: str, now: int, lower: dict[str, int | None],
                               cursors: dict[str, Any], full: bool,
@@ -362,17 +373,20 @@ class TikTokSource:
 
         def records() -> Iterator[Record]:
             start = self.opts.since if lo is None else lo
-            for order in self._windowed(start, now, self._order_pages):
-                if scan.first_time(order):
+            size = self.opts.page_size
+            for order in self._windowed(start, now, self._order_pages, "orders", size):
+                if unusable.keep(order) and scan.first_time(order):
                     if book is not None:
                         book.feed(order)
                     yield order
             end = int(self.clock()) + 60
-            for order in self._windowed(now, end, self._order_pages):
-                scan.catch_up(order)
+            for order in self._windowed(now, end, self._order_pages, "orders", size):
+                if isinstance(order, dict):
+                    scan.catch_up(order)
             export.cursor = self._cursor(shop, now, rescan=scan.rescan_from)
 
-        export.records = self._guard(export, records())
+        unusable = Unusable("orders")
+        export.records = self._guard(export, records(), unusable)
         if "orders" in wanted:
             yield export
         else:
@@ -393,6 +407,10 @@ class TikTokSource:
             try:
                 yield from book.records(self._fetch_orders)
                 cust.cursor = dict(export.cursor or {}, book=book.generation)
+                if book.unusable:
+                    _incomplete(cust, f"source {self.name}: TikTok Shop sent {book.unusable} "
+                                "orders without a usable buyer id (user_id) or create_time; "
+                                "their buyers' records were not updated")
             finally:
                 book.close()
 
@@ -408,7 +426,8 @@ class TikTokSource:
             data = self.client.call("GET", path, dict(params, page_size=100, page_token=token,
                                                       **{f"{time_key}_ge": a,
                                                          f"{time_key}_lt": b}))
-            return _list(data, key), data.get("next_page_token") or None, None
+            return _items(data, key), data.get("next_page_token") or None, \
+                data.get("total_count")
         return fetch
 
     def _finance_lower(self, lower: int | None) -> int:
@@ -423,15 +442,17 @@ class TikTokSource:
         def records() -> Iterator[Record]:
             pending: int | None = None
             fetch = self._finance_pages(path, key, time_key, params)
-            for rec in self._windowed(self._finance_lower(lower), now, fetch, FINANCE_WINDOW):
-                if not scan.first_time(rec):
+            for rec in self._windowed(self._finance_lower(lower), now, fetch, key, 100,
+                                      FINANCE_WINDOW):
+                if not unusable.keep(rec) or not scan.first_time(rec):
                     continue
                 if rec.get("status") == "PROCESSING" and isinstance(rec.get(time_key), int):
                     pending = rec[time_key] if pending is None else min(pending, rec[time_key])
                 yield rec
             export.cursor = self._cursor(shop, now, pending=pending)
 
-        export.records = self._guard(export, records())
+        unusable = Unusable(key)
+        export.records = self._guard(export, records(), unusable)
         return export
 
     def _statements(self, shop: str, now: int, lower: dict[str, int | None],
@@ -446,6 +467,7 @@ class TikTokSource:
         state: dict[str, Any] = {}
         summaries: dict[str, dict[str, Any]] = {}
         problem: list[str] = []
+        unusable_statements = Unusable("finance/statements")
 
         def scan_statements() -> None:
             if "scanned" in state:
@@ -456,8 +478,9 @@ class TikTokSource:
             fetch = self._finance_pages(P_STATEMENTS, "statements", "statement_time",
                                         {"sort_field": "statement_time", "sort_order": "ASC"})
             try:
-                for st in self._windowed(self._finance_lower(lo), now, fetch, FINANCE_WINDOW):
-                    if not scan.first_time(st):
+                for st in self._windowed(self._finance_lower(lo), now, fetch, "statements", 100,
+                                         FINANCE_WINDOW):
+                    if not unusable_statements.keep(st) or not scan.first_time(st):
                         continue
                     t = st.get("statement_time")
                     if isinstance(t, int):
@@ -477,25 +500,40 @@ class TikTokSource:
                 scan_statements()
                 if problem:
                     raise DatasetError(problem[0])
+                if unusable_statements.count:
+                    _incomplete(tx, f"source {self.name}: the transactions of "
+                                f"{unusable_statements.count} statements were not read: "
+                                "TikTok Shop sent those statements without a usable id")
+                stopped: list[str] = []
                 for st in statements:
-                    sid = str(st.get("id"))
-                    if not sid.isalnum():
-                        continue
+                    sid = st["id"]
                     seen: set[str] = set()
-                    for page in self.client.pages(
-                            "GET", P_TRANSACTIONS.format(sid),
-                            {"sort_field": "order_create_time", "sort_order": "ASC",
-                             "page_size": 100}):
-                        if sid not in summaries:
-                            summaries[sid] = {k: v for k, v in page.items()
-                                              if k not in ("transactions", "next_page_token")}
-                        for t in _list(page, "transactions"):
-                            if str(t.get("id")) not in seen:
-                                seen.add(str(t.get("id")))
-                                yield dict(t, statement_id=sid)
+                    try:
+                        for page in self.client.pages(
+                                "GET", P_TRANSACTIONS.format(sid),
+                                {"sort_field": "order_create_time", "sort_order": "ASC",
+                                 "page_size": 100}, what="statement transactions"):
+                            if sid not in summaries:
+                                summaries[sid] = {k: v for k, v in page.items() if k not in
+                                                  ("transactions", "next_page_token")}
+                            for t in _items(page, "transactions"):
+                                if unusable_tx.keep(t) and t["id"] not in seen:
+                                    seen.add(t["id"])
+                                    yield dict(t, statement_id=sid)
+                    except ListingStopped as exc:  # this statement's listing only...
+                        stopped.append(str(exc))
+                        if len(stopped) >= MAX_STOPPED_LISTINGS:  # ...unless it is all of them
+                            raise DatasetError(f"{exc} (and on {len(stopped) - 1} more "
+                                               "statements; the others were not read)"
+                                               ) from None
+                if stopped:
+                    _incomplete(tx, stopped[0] + ("" if len(stopped) == 1 else
+                                                  f" (and on {len(stopped) - 1} more "
+                                                  "statements)"))
                 tx.cursor = state.get("cursor")
 
-            tx.records = self._guard(tx, transactions())
+            unusable_tx = Unusable("finance/transactions")
+            tx.records = self._guard(tx, transactions(), unusable_tx)
             yield tx
         if "finance/statements" in wanted:
             se = DatasetExport("finance/statements", (), mode=mode)
@@ -509,12 +547,24 @@ class TikTokSource:
                     yield dict(st, statement_transactions=summary) if summary else st
                 se.cursor = state.get("cursor")
 
-            se.records = self._guard(se, with_summaries())
+            se.records = self._guard(se, with_summaries(), unusable_statements)
             yield se
 
 
-def _list(data: dict[str, Any], key: str) -> list[Record]:
+def _items(data: dict[str, Any], key: str) -> list[Any]:
+    """The list `key` of an answer as sent: its records, and whatever else it holds (counted
+    by the caller as records without a usable id)."""
     items = data.get(key) or []
     if not isinstance(items, list):
         raise ApiError(f"TikTok Shop's answer has no list '{key}'; upgrade sellerbak")
-    return [i for i in items if isinstance(i, dict)]
+    return items
+
+
+def _list(data: dict[str, Any], key: str) -> list[Record]:
+    return [i for i in _items(data, key) if isinstance(i, dict)]
+
+
+def _incomplete(export: DatasetExport, problem: str) -> None:
+    """Mark a dataset incomplete; a second reason is added to the first, on the same line."""
+    export.complete = False
+    export.problem = problem if export.problem is None else f"{export.problem}; {problem}"
