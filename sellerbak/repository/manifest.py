@@ -31,6 +31,7 @@ from sellerbak.errors import (
     SellerbakError,
     SnapshotNotFoundError,
 )
+from sellerbak.repository.dataset_names import DatasetNameError, check_names
 from sellerbak.repository.format import compress, decompress
 from sellerbak.repository.repo import MAX_SEALED_BYTES, Repository, parse_hex_id, snapshot_name
 from sellerbak.repository.timeline import future_warning, split_future
@@ -106,24 +107,13 @@ def _optional(obj: dict[str, Any], name: str, kind: type | tuple[type, ...],
 
 
 def dataset_name_problem(names: list[str]) -> str | None:
-    """Why these dataset names cannot all be restored side by side, or None. A name is
-    `/`-separated segments, each non-empty, not `.` or `..`, with no NUL or other control
-    character and no backslash; no two names may be equal ignoring case (they would be one
-    file on a case-insensitive disk), and no name may be a directory prefix of another."""
-    folded: set[str] = set()
-    for name in names:
-        if any(s in ("", ".", "..") for s in name.split("/")):
-            return "has an empty, '.' or '..' segment"
-        if any(c < " " or c in "\x7f\\" for c in name):
-            return "has a control character or a backslash"
-        key = name.casefold()
-        if key in folded:
-            return "equals another name ignoring case"
-        folded.add(key)
-    for key in folded:
-        segments = key.split("/")
-        if any("/".join(segments[:i]) in folded for i in range(1, len(segments))):
-            return "is a directory prefix of another name"
+    """Why these dataset names cannot all be restored side by side, or None: the one rule of
+    sellerbak.repository.dataset_names, which the snapshot writer and restore apply too, so a
+    manifest no restore could write is unreadable to every reader alike."""
+    try:
+        check_names(names)
+    except DatasetNameError as exc:
+        return str(exc)
     return None
 
 
