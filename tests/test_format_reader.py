@@ -84,7 +84,7 @@ class FormatReader:
     MAX_DECOMPRESSED = 1 << 30
     MAX_PACK_HEADER = 64 * 1024 * 1024
     MAX_DICT = 1 << 20
-    MAX_KEY_ATTEMPTS = 8
+    MAX_KEY_ATTEMPTS = 10
     REFLIST_TARGET, REFLIST_MAX = 4096, 32768
     ZSTD_FRAME_MAGIC, ZSTD_DICT_MAGIC = b"\x28\xb5\x2f\xfd", b"\x37\xa4\x30\xec"
 
@@ -235,8 +235,9 @@ class FormatReader:
                 candidates.append(self.parse_key_file(name, self.get(name)))
             except ReaderError:
                 continue  # damaged or out-of-bounds key files are skipped, never attempted
-        # §5.3: ascending key id (names sort so), at most MAX_KEY_ATTEMPTS; this reader keeps no
+        # §5.3: ascending (created, key id), at most MAX_KEY_ATTEMPTS; this reader keeps no
         # "last opened" hint, which only changes the order
+        candidates.sort(key=lambda k: (k["created"], k["key_id"]))
         for key_file in candidates[:self.MAX_KEY_ATTEMPTS]:
             try:
                 keyring, current = self.unwrap(key_file, passphrase)
@@ -281,7 +282,10 @@ class FormatReader:
             salt = base64.b64decode(kdf["salt"], validate=True)
         except (ValueError, KeyError, TypeError):
             raise ReaderError("format", f"{name}: key file does not parse") from None
-        if not all(isinstance(v, str) for v in (key_id, created, hostname)) or len(key_id) != 32:
+        if (not all(isinstance(v, str) for v in (key_id, created, hostname))
+                or re.fullmatch(r"[0-9a-f]{32}", key_id) is None
+                or re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z",
+                                created) is None):
             raise ReaderError("format", f"{name}: malformed field")
         if repo_id != self.repo_id or name != f"keys/{key_id}":
             raise ReaderError("format", f"{name}: belongs elsewhere")
@@ -297,16 +301,18 @@ class FormatReader:
             if kdf.get("version") != 19 or not all(self._is_int(v) for v in params.values()):
                 raise ReaderError("format", f"{name}: bad argon2id parameters")
             if not (1 <= params["p"] <= 16 and 1 <= params["t"] <= 16
-                    and 8 * params["p"] <= params["m_kib"] <= 4 * 1024 * 1024):
+                    and 8 * params["p"] <= params["m_kib"] <= 2 * 1024 * 1024
+                    and params["m_kib"] * params["t"] <= 4 * 1024 * 1024):
                 raise ReaderError("format", f"{name}: argon2id parameters out of bounds")
             kdf_public = {"alg": "argon2id", "version": 19, **params}
         elif alg == "scrypt":
             params = {k: kdf.get(k) for k in ("log_n", "r", "p")}
             if not all(self._is_int(v) for v in params.values()):
                 raise ReaderError("format", f"{name}: bad scrypt parameters")
-            if not (1 <= params["log_n"] <= 22 and 1 <= params["r"] <= 32
+            memory = 128 * params["r"] * (1 << min(params["log_n"], 64))
+            if not (1 <= params["log_n"] <= 20 and 1 <= params["r"] <= 32
                     and 1 <= params["p"] <= 16
-                    and 128 * params["r"] * (1 << params["log_n"]) <= 1 << 32):
+                    and memory <= 1 << 29 and memory * params["p"] <= 1 << 30):
                 raise ReaderError("format", f"{name}: scrypt parameters out of bounds")
             kdf_public = {"alg": "scrypt", **params}
         else:
