@@ -237,7 +237,7 @@ class FormatReader:
                 continue  # damaged or out-of-bounds key files are skipped, never attempted
         # §5.3: ascending (created, key id), at most MAX_KEY_ATTEMPTS; this reader keeps no
         # "last opened" hint, which only changes the order
-        candidates.sort(key=lambda k: (k["created"], k["key_id"]))
+        candidates.sort(key=lambda k: (k["public"]["created"], k["key_id"]))
         for key_file in candidates[:self.MAX_KEY_ATTEMPTS]:
             try:
                 keyring, current = self.unwrap(key_file, passphrase)
@@ -1406,12 +1406,15 @@ def test_key_file_bounds_are_checked_before_the_kdf(copy: Path) -> None:
             with pytest.raises(ReaderError) as exc:
                 reader.unwrap(edited, PASSPHRASE)
             assert exc.value.kind == "wrong-passphrase"
-        else:  # each bound holds alone, but 128 * 32 * 2^22 bytes is 16 GiB
-            obj["kdf"].update(log_n=22, r=32)
+        else:  # each bound holds alone, but 128 * 32 * 2^20 bytes is 4 GiB
+            obj["kdf"].update(log_n=20, r=32, p=1)
             with pytest.raises(ReaderError, match="out of bounds"):
                 reader.parse_key_file(name, json.dumps(obj).encode())
-            obj["kdf"].update(log_n=22, r=8)  # exactly 4 GiB: allowed
+            obj["kdf"].update(log_n=20, r=4, p=2)  # exactly 512 MiB, and 1 GiB with p: allowed
             reader.parse_key_file(name, json.dumps(obj).encode())
+            obj["kdf"].update(p=3)  # memory times p is past 1 GiB
+            with pytest.raises(ReaderError, match="out of bounds"):
+                reader.parse_key_file(name, json.dumps(obj).encode())
 
 
 def test_real_code_refuses_unknown_key_file_members(copy: Path) -> None:
