@@ -68,7 +68,9 @@ def test_prune_racing_snapshots_deletes_nothing_referenced(tmp_path: Path) -> No
         if night >= 3 and 11 in outcomes["prune"] and stored:
             break
         assert run_cli("-c", str(cfg), "demo", "advance").returncode == 0
-        snap = _start(cfg, "snapshot")
+        # the snapshot waits for a prune's exclusive lock (else it would give up at once, and
+        # no prune would ever meet it); prunes started while it holds its lock stop
+        snap = _start(cfg, "--retry-lock", "5m", "snapshot")
         # prunes fired while the snapshot runs: each either ran before the snapshot took its
         # lock, or found the lock and stopped (exit 11) without touching anything
         while snap.poll() is None:

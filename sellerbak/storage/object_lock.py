@@ -102,6 +102,14 @@ def _ceil_second(when: datetime) -> datetime:
     return whole if whole == when else whole + timedelta(seconds=1)
 
 
+def _retention_target(lock: ObjectLock, until: datetime | None) -> datetime:
+    """The retain-until date an extension asks for: `until` rounded up to the second (S3 keeps
+    whole seconds), or the configured period from now."""
+    if until is not None and until.tzinfo is None:
+        raise ValueError("retention extensions need an aware datetime")
+    return _ceil_second(until) if until is not None else lock.until()
+
+
 def _code(exc: bce.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -214,9 +222,7 @@ class ObjectLockSupport:
         lock = self.object_lock
         if lock is None:
             return 0
-        if until is not None and until.tzinfo is None:
-            raise ValueError("extend_retention needs an aware datetime")
-        target = _ceil_second(until) if until is not None else lock.until()
+        target = _retention_target(lock, until)
         todo = [n for n in dict.fromkeys(names) if lock.applies_to(n)]
         if not todo:
             return 0
@@ -267,9 +273,7 @@ class ObjectLockSupport:
         lock = self.object_lock
         if lock is None:
             return 0
-        if until is not None and until.tzinfo is None:
-            raise ValueError("extend_version_retention needs an aware datetime")
-        target = _ceil_second(until) if until is not None else lock.until()
+        target = _retention_target(lock, until)
         todo = [(n, v) for n, v in dict.fromkeys(versions) if lock.applies_to(n)]
         if not todo:
             return 0
