@@ -16,4 +16,4 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -n 2 -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -n 3 --dist worksteal -p no:cacheprovider "$@"
